@@ -1,0 +1,1 @@
+"""Debian AMI/AKI/ARI image builder for OpenStack Glance."""

@@ -1,0 +1,83 @@
+"""Session fixture: one real OpenZFS SAN VM (tools/sanvm) for the whole system tier.
+
+A VM that cannot start is a test failure with the serial log shown, never a skip.  Set
+ZOL_SANVM_STATE=/path/to/run_dir to reuse a VM you started by hand (it is then left running).
+"""
+from __future__ import annotations
+
+import importlib.machinery
+import importlib.util
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SANVM = REPO / "tools" / "sanvm"
+
+
+def load_sanvm_module():
+    loader = importlib.machinery.SourceFileLoader("zol_tools_sanvm", str(SANVM))
+    spec = importlib.util.spec_from_loader(loader.name, loader)
+    mod = importlib.util.module_from_spec(spec)
+    loader.exec_module(mod)
+    return mod
+
+
+class SanAdmin:
+    """Runs commands in the SAN VM as root with the unrestricted admin key (test setup and
+    inspection only; the driver always goes through the cinder key and the wrapper)."""
+
+    def __init__(self, state: dict):
+        self.state = state
+
+    def base(self, key: str = "admin") -> list[str]:
+        st = self.state
+        return ["ssh", "-q", "-i", st["keys"][key], "-p", str(st["ssh_port"]),
+                "-o", "UserKnownHostsFile=" + st["known_hosts"],
+                "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
+                "-o", "ConnectTimeout=30", "root@127.0.0.1"]
+
+    def run(self, argv: list[str], check: bool = True, key: str = "admin",
+            timeout: float = 300) -> subprocess.CompletedProcess:
+        r = subprocess.run(self.base(key) + [shlex.join(argv)], capture_output=True, text=True,
+                           timeout=timeout, stdin=subprocess.DEVNULL)
+        if check and r.returncode != 0:
+            raise AssertionError("SAN command %s failed (%d): %s"
+                                 % (shlex.join(argv), r.returncode, r.stderr.strip()))
+        return r
+
+    def out(self, argv: list[str], **kw) -> str:
+        return self.run(argv, **kw).stdout
+
+
+@pytest.fixture(scope="session")
+def sanvm(tmp_path_factory):
+    """The running SAN VM's state (ports, keys, known_hosts, pool, parents)."""
+    reuse = os.environ.get("ZOL_SANVM_STATE")
+    if reuse:
+        p = Path(reuse)
+        yield json.loads((p / "state.json" if p.is_dir() else p).read_text())
+        return
+    run_dir = tmp_path_factory.mktemp("sanvm")
+    build = subprocess.run([sys.executable, str(SANVM), "build"], capture_output=True, text=True)
+    if build.returncode != 0:
+        pytest.fail("SAN VM image build failed:\n" + build.stderr[-6000:], pytrace=False)
+    r = subprocess.run([sys.executable, str(SANVM), "start", "--run-dir", str(run_dir / "vm")],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.fail("SAN VM did not start:\n" + r.stderr[-8000:], pytrace=False)
+    state = json.loads(r.stdout)
+    yield state
+    subprocess.run([sys.executable, str(SANVM), "stop", state["run_dir"]], check=False)
+    mod = load_sanvm_module()
+    assert not mod._alive(state["pid"]), "qemu pid %d still running after stop" % state["pid"]
+
+
+@pytest.fixture(scope="session")
+def san_admin(sanvm) -> SanAdmin:
+    return SanAdmin(sanvm)

@@ -1,0 +1,1 @@
+"""ZFS-on-Linux iSCSI volume driver for OpenStack Cinder."""
