@@ -10,6 +10,7 @@ import importlib.util
 import json
 import os
 import shlex
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -74,8 +75,17 @@ def sanvm(tmp_path_factory):
     state = json.loads(r.stdout)
     yield state
     subprocess.run([sys.executable, str(SANVM), "stop", state["run_dir"]], check=False)
+    assert_stopped(state)
+
+
+def assert_stopped(state: dict) -> None:
+    """`sanvm stop` leaves no process, overlay or port behind."""
     mod = load_sanvm_module()
     assert not mod._alive(state["pid"]), "qemu pid %d still running after stop" % state["pid"]
+    assert not Path(state["run_dir"]).exists(), "run dir (overlay, pool disk) left behind"
+    for port in (state["ssh_port"], state["iscsi_port"]):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))  # raises if qemu still holds the forwarded port
 
 
 @pytest.fixture(scope="session")

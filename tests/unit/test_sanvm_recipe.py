@@ -1,0 +1,66 @@
+"""The SAN VM image cache is keyed by a content hash of its recipe: it must change when the
+recipe changes, and only then (a wrapper change must not force a 25-minute rebuild)."""
+from __future__ import annotations
+
+import copy
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.plugins.sanvm import REPO, load_sanvm_module
+
+sanvm = load_sanvm_module()
+
+
+def test_hash_is_stable_for_the_same_recipe():
+    assert sanvm.recipe_hash(sanvm.recipe()) == sanvm.recipe_hash(sanvm.recipe())
+
+
+def test_hash_ignores_dict_order():
+    rec = sanvm.recipe()
+    reordered = dict(reversed(list(rec.items())))
+    assert sanvm.recipe_hash(reordered) == sanvm.recipe_hash(rec)
+
+
+@pytest.mark.parametrize("mutate", [
+    lambda r: r["packages"].append("vim-tiny"),
+    lambda r: r["zfs_packages"].remove("zfs-dkms"),
+    lambda r: r.__setitem__("release", "trixie"),
+    lambda r: r.__setitem__("image_size", "5G"),
+    lambda r: r["masked"].pop(),
+    lambda r: r["files"]["etc/hostname"].__setitem__(1, "other\n"),
+    lambda r: r["files"]["usr/local/sbin/zol-pool-up"].__setitem__(0, 0o700),
+], ids=["package", "zfs-package", "release", "size", "mask", "file-content", "file-mode"])
+def test_hash_changes_with_each_part_of_the_recipe(mutate):
+    rec = sanvm.recipe()
+    changed = copy.deepcopy(rec)
+    mutate(changed)
+    assert sanvm.recipe_hash(changed) != sanvm.recipe_hash(rec)
+
+
+def _repo_copy(tmp_path: Path) -> Path:
+    (tmp_path / "wrappers").mkdir()
+    shutil.copy(REPO / "wrappers" / "tgt-zol-restore.conf", tmp_path / "wrappers")
+    return tmp_path
+
+
+def test_tgt_drop_in_is_part_of_the_recipe(tmp_path):
+    repo = _repo_copy(tmp_path)
+    before = sanvm.recipe_hash(sanvm.recipe(repo))
+    with open(repo / "wrappers" / "tgt-zol-restore.conf", "a") as f:
+        f.write("# changed\n")
+    assert sanvm.recipe_hash(sanvm.recipe(repo)) != before
+
+
+def test_wrapper_script_is_not_part_of_the_recipe(tmp_path):
+    """The wrapper is copied in at start through fw_cfg: editing it must reuse the cache."""
+    repo = _repo_copy(tmp_path)
+    before = sanvm.recipe_hash(sanvm.recipe(repo))
+    (repo / "wrappers" / "zol-ssh-wrapper").write_text("#!/usr/bin/python3\nprint('v2')\n")
+    assert sanvm.recipe_hash(sanvm.recipe(repo)) == before
+
+
+def test_cache_dir_is_named_by_the_hash(tmp_path):
+    rec = sanvm.recipe()
+    assert sanvm.image_dir(tmp_path, rec).name == "image-" + sanvm.recipe_hash(rec)
