@@ -1,0 +1,692 @@
+"""Table tests of the SAN wrapper: what is accepted, what is refused, and what really runs.
+
+Two levels: the validator imported as a module (fast, every row), and the wrapper run as a
+subprocess exactly as sshd runs it (SSH_ORIGINAL_COMMAND, or `CONFIG -- ARGV` local mode) with
+fake absolute zfs/tgtadm binaries that record their argv - so the tests see what is exec'd,
+not what the wrapper thinks it exec'd.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.helpers.fakesan import REPO, WRAPPER, FakeSan, load_wrapper
+
+IQN = "iqn.2010-10.org.openstack:volume-0b6e8f2a-1111-4c2d-9a1b-3c4d5e6f7a8b"
+V = "zol/cinder/volume-0b6e8f2a-1111-4c2d-9a1b-3c4d5e6f7a8b"
+T = "zol/cinder-thick/volume-5f0e1d2c-2222-4b3a-8c9d-0e1f2a3b4c5d"
+S = V + "@snapshot-9a8b7c6d-3333-4e5f-a6b7-c8d9e0f1a2b3"
+SECRET = "Zq8Rk2Lm9Pw4Xt7Y"
+CLIENT = "192.0.2.10 40022 192.0.2.1 22"
+
+
+W = load_wrapper()
+
+
+@pytest.fixture
+def fake(tmp_path) -> FakeSan:
+    return FakeSan(tmp_path / "san")
+
+
+@pytest.fixture
+def cfg(fake):
+    return W.load_config(str(fake.conf))
+
+
+def run_wrapper(fake: FakeSan, command=None, local=None, env_extra=None, timeout=30):
+    """Run the wrapper like sshd does (command string) or like systemd does (local argv)."""
+    env = {"PATH": "/usr/bin:/bin", "SSH_CONNECTION": CLIENT}
+    if command is not None:
+        env["SSH_ORIGINAL_COMMAND"] = command
+    env.update(env_extra or {})
+    argv = [sys.executable, str(WRAPPER), str(fake.conf)]
+    if local is not None:
+        argv += ["--"] + list(local)
+    return subprocess.run(argv, env=env, capture_output=True, timeout=timeout, check=False,
+                          stdin=subprocess.DEVNULL)
+
+
+# Accepted: command line -> the argv the fake binary must receive (None = a narrow verb).
+ACCEPT = [
+    ("zfs version", ["zfs", "version"]),
+    ("zfs list -H -p -o name,used,available -t volume,snapshot -r zol/cinder", None),
+    ("zfs list -H -p -o name,volsize -t volume -d 1 zol/cinder-thick", None),
+    ("zfs list -H -p -o name,type,origin -t volume,snapshot -r " + V, None),
+    ("zfs list -H -p -o name " + V, None),
+    ("zfs list -H -p -o name,zol:iqn " + S, None),
+    ("zfs list -H -p -o name zol/cinder", None),
+    ("zfs get -H -p -o name,property,value used,available,zol:chap zol/cinder", None),
+    ("zfs get -H -p -o name,property,value volsize " + S, None),
+    ("zfs create -V 1073741824 " + V, None),
+    ("zfs create -s -V 1073741824 " + V, None),
+    ("zfs create -b 8192 -V 1073741824 " + T, None),
+    ("zfs create -s -b 131072 -V 512 " + V, None),
+    ("zfs destroy " + V, None),
+    ("zfs destroy " + S, None),
+    ("zfs destroy -d " + S, None),
+    ("zfs snapshot " + S, None),
+    ("zfs clone " + S + " zol/cinder/volume-new", None),
+    ("zfs clone -o refreservation=none " + S + " zol/cinder-thick/volume-new", None),
+    ("zfs promote " + V, None),
+    ("zfs rename " + V + " zol/cinder/deleted-volume-x", None),
+    ("zfs rename " + S + " " + V + "@deleted-snap", None),
+    ("zfs rollback " + S, None),
+    ("zfs set volsize=2147483648 " + V, None),
+    ("zfs set refreservation=none " + V, None),
+    ("zfs set refreservation=auto " + T, None),
+    ("zfs set zol:iqn=" + IQN + " " + V, None),
+    ("zfs set zol:lun=1 " + V, None),
+    ("zfs set zol:chap=user-1:" + SECRET + " " + V, None),
+    ("zfs set zol:initiators=ALL " + V, None),
+    ("zfs set zol:initiators=10.0.0.1,2001:db8::1 " + V, None),
+    ("zfs set zol:deleted=1 " + V, None),
+    ("zfs set zol:deleted= " + V, None),
+    ("zfs inherit zol:chap " + V, None),
+    ("tgtadm --lld iscsi --mode target --op show", None),
+    ("tgtadm --lld iscsi --mode target --op new --tid 1 --targetname " + IQN, None),
+    ("tgtadm --lld iscsi --mode target --op delete --tid 999999", None),
+    ("tgtadm --lld iscsi --mode target --op delete --force --tid 7", None),
+    ("tgtadm --lld iscsi --mode logicalunit --op new --tid 7 --lun 1 --backing-store "
+     "/dev/zvol/" + V, None),
+    ("tgtadm --lld iscsi --mode logicalunit --op delete --tid 7 --lun 1", None),
+    ("tgtadm --lld iscsi --mode target --op bind --tid 7 --initiator-address ALL", None),
+    ("tgtadm --lld iscsi --mode target --op bind --tid 7 --initiator-address 10.1.2.3", None),
+    ("tgtadm --lld iscsi --mode target --op unbind --tid 7 --initiator-address fe80::1", None),
+    ("tgtadm --lld iscsi --mode account --op show", None),
+    ("tgtadm --lld iscsi --mode account --op new --user chap-user.1 --password " + SECRET,
+     None),
+    ("tgtadm --lld iscsi --mode account --op delete --user chap-user.1", None),
+    ("tgtadm --lld iscsi --mode account --op bind --tid 7 --user chap-user.1", None),
+    ("tgtadm --lld iscsi --mode account --op unbind --tid 7 --user chap-user.1", None),
+    # quoting that shlex.join never produces but that still means the same argv
+    ("'zfs' \"version\"", ["zfs", "version"]),
+]
+
+VERBS = [
+    "zol-wrapper version",
+    "zol-wrapper wait-zvol " + V,
+    "zol-wrapper wait-zvol " + V + " 120",
+    "zol-wrapper new-target " + IQN,
+    "zol-wrapper copy " + S + " zol/cinder-thick/volume-copy",
+    "zol-wrapper restore-exports",
+]
+
+# Denied: command line -> a fragment the one-line reason must contain.
+DENY = [
+    # injection
+    ("zfs destroy " + V + "; rm -rf /", "wrong number of arguments"),
+    ("zfs destroy " + V + ";id", "invalid name component"),
+    ("zfs list -H -p -o name $(id)", "outside the configured parents"),
+    ("zfs list -H -p -o name zol/cinder/$(id)", "invalid name component"),
+    ("zfs list -H -p -o name zol/cinder/`id`", "invalid name component"),
+    ("zfs list -H -p -o name zol/cinder/x\nid", "control or non-ASCII"),
+    ("zfs version\n", "control or non-ASCII"),
+    ("zfs version\r", "control or non-ASCII"),
+    ("zfs\tversion", "control or non-ASCII"),
+    ("zfs version && id", "wrong number of arguments"),
+    ("zfs version | sh", "wrong number of arguments"),
+    ("zfs version > /etc/passwd", "wrong number of arguments"),
+    ("zfs list -H -p -o name zol/cinder/*", "invalid name component"),
+    ("zfs list -H -p -o name zol/cinder/vol?", "invalid name component"),
+    ("zfs list -H -p -o name zol/cinder/[a-z]", "invalid name component"),
+    ("zfs list -H -p -o name zol/cinder/~root", "invalid name component"),
+    ("zfs 'list -H' -p -o name zol/cinder", "'zfs list -H' is not allowed"),
+    ("zfs list -H -p -o name 'zol/cinder'x", "outside the configured parents"),
+    ("zfs version 'unterminated", "cannot parse"),
+    ("zfs version \\", "cannot parse"),
+    # destroy flags
+    ("zfs destroy -r " + V, "option '-r' is not allowed"),
+    ("zfs destroy -R " + V, "option '-R' is not allowed"),
+    ("zfs destroy -f " + V, "option '-f' is not allowed"),
+    ("zfs destroy -r zol", "option '-r' is not allowed"),
+    ("zfs destroy -rf " + V, "option '-rf' is not allowed"),
+    ("zfs destroy -d " + V, "a snapshot DATASET@NAME was expected"),
+    ("zfs destroy zol/cinder", "the parent dataset itself is not allowed"),
+    ("zfs destroy zol", "outside the configured parents"),
+    ("zfs rollback -r " + S, "wrong number of arguments"),
+    # datasets outside the parent / traversal / nesting
+    ("zfs destroy zol/other/volume-1", "outside the configured parents"),
+    ("zfs destroy zol/cinderx/volume-1", "outside the configured parents"),
+    ("zfs destroy zol/cinder/../other", "exactly one level below"),
+    ("zfs destroy zol/cinder/..", "invalid name component"),
+    ("zfs destroy zol/cinder/.hidden", "invalid name component"),
+    ("zfs destroy ../zol/cinder/x", "outside the configured parents"),
+    ("zfs destroy zol/cinder/a/b", "exactly one level below"),
+    ("zfs destroy zol/cinder//a", "exactly one level below"),
+    ("zfs destroy /zol/cinder/a", "outside the configured parents"),
+    ("zfs create -V 1073741824 zol/cinder/a/b", "exactly one level below"),
+    ("zfs rename " + V + " zol/cinder-thick/x", "same parent"),
+    ("zfs rename " + S + " zol/cinder/other@x", "within its dataset"),
+    ("zfs rename " + V + " " + S, "snapshot/bookmark name where a volume"),
+    ("zol-wrapper copy " + S + " zol/elsewhere/x", "outside the configured parents"),
+    ("zfs clone " + S + " tank/x", "outside the configured parents"),
+    # @ and # where not expected, options smuggled as names
+    ("zfs create -V 1073741824 " + S, "snapshot/bookmark name"),
+    ("zfs promote " + V + "#bm", "snapshot/bookmark name"),
+    ("zfs snapshot " + V, "a snapshot DATASET@NAME was expected"),
+    ("zfs snapshot " + V + "@a@b", "a snapshot DATASET@NAME was expected"),
+    ("zfs snapshot " + V + "@-r", "invalid snapshot name"),
+    ("zfs snapshot " + V + "@", "invalid snapshot name"),
+    ("zfs destroy -- " + V, "option '--' is not allowed"),
+    ("zfs promote -f", "looks like an option"),
+    ("zfs promote zol/cinder/-f", "invalid name component"),
+    ("zfs list -H -p -o name -r", "looks like an option"),
+    ("zfs list -H -p -o -r zol/cinder", "property '-r' is not allowed"),
+    ("zfs set zol:iqn=x -r", "looks like an option"),
+    # other programs and subcommands
+    ("sh -c id", "program 'sh' is not allowed"),
+    ("/bin/sh", "program '/bin/sh' is not allowed"),
+    ("/usr/sbin/zfs version", "program '/usr/sbin/zfs' is not allowed"),
+    ("zpool destroy zol", "program 'zpool' is not allowed"),
+    ("zfs mount -a", "'zfs mount' is not allowed"),
+    ("zfs send " + S, "'zfs send' is not allowed"),
+    ("zfs recv " + V, "'zfs recv' is not allowed"),
+    ("zfs allow everyone create zol/cinder", "'zfs allow' is not allowed"),
+    ("zfs", "a subcommand is required"),
+    ("scp -t /root/.ssh/authorized_keys", "program 'scp' is not allowed"),
+    ("rsync --server . /", "program 'rsync' is not allowed"),
+    ("internal-sftp", "program 'internal-sftp' is not allowed"),
+    ("tgtadm --lld iscsi --mode sys --op update --name State -v offline", "not allowed"),
+    ("tgtadm --lld iscsi --mode target --op update --tid 1 --name x -v y", "not allowed"),
+    ("tgtadm --mode target --op show", "wrong number of arguments"),
+    ("tgtadm --lld iser --mode target --op show", "expected 'iscsi'"),
+    ("zol-wrapper", "a subcommand is required"),
+    ("zol-wrapper shell", "'zol-wrapper shell' is not allowed"),
+    ("zol-wrapper version extra", "wrong number of arguments"),
+    # values
+    ("zfs create -V 1000 " + V, "multiple of 512"),
+    ("zfs create -V 0 " + V, "positive number"),
+    ("zfs create -V -512 " + V, "positive number"),
+    ("zfs create -V 1G " + V, "positive number"),
+    ("zfs create -V 00512 " + V, "positive number"),
+    ("zfs create -V 99999999999999999999 " + V, "positive number"),
+    ("zfs create -b 512 -V 1073741824 " + V, "block size must be one of"),
+    ("zfs create -V 1073741824 -s " + V, "option '-V' is not allowed here"),
+    ("zfs set volsize=1000 " + V, "multiple of 512"),
+    ("zfs set mountpoint=/ " + V, "may not be set"),
+    ("zfs set refreservation=1G " + V, "none or auto"),
+    ("zfs set zol:iqn=a;b " + V, "invalid value for zol:iqn"),
+    ("zfs set zol:iqn=" + "a" * 513 + " " + V, "invalid value for zol:iqn"),
+    ("zfs set zol:other=1 " + V, "may not be set"),
+    ("zfs inherit volsize " + V, "only the zol:* properties"),
+    ("zfs list -H -p -o name,mountpoint zol/cinder", "property 'mountpoint' is not allowed"),
+    ("zfs list -H -p -o name, zol/cinder", "property '' is not allowed"),
+    ("zfs list -H -p -o name -t bookmark -r zol/cinder", "type 'bookmark' is not allowed"),
+    ("zfs list -H -p -o name -t volume -d 2 zol/cinder", "expected '1'"),
+    ("zfs list -H -p -o name -t volume -d 1 " + V, "not a configured parent"),
+    ("zfs get -H -p -o name,value used zol/cinder", "expected 'name,property,value'"),
+    ("tgtadm --lld iscsi --mode target --op new --tid 0 --targetname " + IQN, "tid must be"),
+    ("tgtadm --lld iscsi --mode target --op new --tid 1000000 --targetname " + IQN,
+     "tid must be"),
+    ("tgtadm --lld iscsi --mode target --op new --tid 1 --targetname iqn.2000-01.evil:x",
+     "outside the configured prefix"),
+    (("tgtadm --lld iscsi --mode target --op new --tid 1 --targetname "
+     "iqn.2010-10.org.openstack:UPPER"), "invalid IQN suffix"),
+    (("tgtadm --lld iscsi --mode logicalunit --op new --tid 1 --lun 1 --backing-store "
+     "/etc/shadow"), "backing store must be /dev/zvol/"),
+    (("tgtadm --lld iscsi --mode logicalunit --op new --tid 1 --lun 1 --backing-store "
+     "/dev/zvol/zol/other/x"), "outside the configured parents"),
+    (("tgtadm --lld iscsi --mode logicalunit --op new --tid 1 --lun 1 --backing-store "
+     "/dev/zvol/zol/cinder/../../sda"), "exactly one level below"),
+    ("tgtadm --lld iscsi --mode logicalunit --op new --tid 1 --lun 0 --backing-store "
+     "/dev/zvol/" + V, "LUN must be"),
+    ("tgtadm --lld iscsi --mode target --op bind --tid 1 --initiator-address 10.0.0.0/8",
+     "initiator must be"),
+    ("tgtadm --lld iscsi --mode target --op bind --tid 1 --initiator-address all",
+     "initiator must be"),
+    ("tgtadm --lld iscsi --mode target --op bind --tid 1 --initiator-address 010.0.0.1",
+     "initiator must be"),
+    ("tgtadm --lld iscsi --mode target --op bind --tid 1 --initiator-address fe80::1%eth0",
+     "initiator must be"),
+    ("tgtadm --lld iscsi --mode account --op new --user u --password short",
+     "CHAP secret must be"),
+    ("tgtadm --lld iscsi --mode account --op new --user u --password " + SECRET + "!",
+     "CHAP secret must be"),
+    ("tgtadm --lld iscsi --mode account --op new --user -u --password " + SECRET,
+     "invalid CHAP user"),
+    ("zol-wrapper wait-zvol " + V + " 121", "seconds must be"),
+    ("zol-wrapper wait-zvol " + V + " 0", "seconds must be"),
+    ("zol-wrapper new-target iqn.2011-01.other:x", "outside the configured prefix"),
+    # very long arguments and commands
+    ("zfs destroy zol/cinder/" + "a" * 201, "invalid name component"),
+    ("zfs destroy zol/cinder/" + "a" * 9000, "command too long"),
+    ("zfs " + "version " * 20, "too many arguments"),
+    # non-ASCII look-alikes (\d and \w would accept these)
+    ("zfs create -V \u0661\u0660\u0662\u0664 " + V, "control or non-ASCII"),
+    ("zfs destroy zol/cinder/vol\u00e9", "control or non-ASCII"),
+    ("zfs destroy zol/cinder/vol\u200b", "control or non-ASCII"),
+]
+
+
+@pytest.mark.parametrize("command,exec_argv", ACCEPT, ids=[c[:70] for c, _ in ACCEPT])
+def test_validator_accepts(cfg, command, exec_argv):
+    argv = W.split_command(command)
+    rule, out = W.validate(cfg, argv)
+    assert out == argv
+    assert rule.program == argv[0]
+    # what is accepted re-validates (the validator is a fixed point)
+    assert W.validate(cfg, out)[1] == out
+
+
+@pytest.mark.parametrize("command", VERBS)
+def test_validator_accepts_verbs(cfg, command):
+    rule, _ = W.validate(cfg, W.split_command(command))
+    assert rule.program == "zol-wrapper"
+
+
+@pytest.mark.parametrize("command,reason", DENY, ids=[repr(c)[:70] for c, _ in DENY])
+def test_validator_denies(cfg, command, reason):
+    with pytest.raises(W.Denied) as ei:
+        W.validate(cfg, W.split_command(command))
+    msg = str(ei.value)
+    assert reason in msg, msg
+    assert "\n" not in msg and len(msg) < 800
+    assert SECRET not in msg
+
+
+@pytest.mark.parametrize("argv,reason", [
+    ([], "empty command"),
+    (["zfs", "destroy", "zol/cinder/a\0b"], "control or non-ASCII"),
+    (["zfs", "destroy", V + "\0"], "control or non-ASCII"),
+    (["zfs", "destroy", "zol/cinder/a\udcff"], "control or non-ASCII"),   # non-UTF-8 argv
+    (["zfs", "destroy", ""], "outside the configured parents"),
+    (["", "version"], "program '' is not allowed"),
+    (["zfs", "destroy", "zol/cinder/a b"], "invalid name component"),
+    (["zfs", "destroy", "zol/cinder/a;reboot"], "invalid name component"),
+    (["tgtadm", "--lld", "iscsi", "--mode", "target", "--op", "show", "--op", "new"],
+     "wrong number of arguments"),
+])
+def test_validator_denies_argv(cfg, argv, reason):
+    with pytest.raises(W.Denied) as ei:
+        W.validate(cfg, argv)
+    assert reason in str(ei.value)
+
+
+def test_nul_and_non_ascii_in_command_string(cfg):
+    for raw in ("zfs version\0", "zfs\0version", "zfs version \x7f", "zfs v\u00e9rsion"):
+        with pytest.raises(W.Denied, match="control or non-ASCII"):
+            W.split_command(raw)
+
+
+def test_secret_never_in_denial_reason(cfg):
+    argv = ["tgtadm", "--lld", "iscsi", "--mode", "account", "--op", "new", "--user", "-bad",
+            "--password", SECRET]
+    with pytest.raises(W.Denied) as ei:
+        W.validate(cfg, argv)
+    assert SECRET not in str(ei.value)
+    argv = ["zfs", "set", "zol:chap=u:" + SECRET, "zol/other/x"]
+    with pytest.raises(W.Denied) as ei:
+        W.validate(cfg, argv)
+    assert SECRET not in str(ei.value)
+    assert W.redact_argv(argv)[2] == "zol:chap=<redacted>"
+    assert SECRET not in W.redact_text("x --password " + SECRET + " zol:chap=u:" + SECRET)
+
+
+def test_grammar_matches_protocol_doc():
+    """Every command shape in doc/san-protocol.md's code blocks is a GRAMMAR line (and back)."""
+    doc = (REPO / "doc" / "san-protocol.md").read_text()
+    shapes = set()
+    in_block = False
+    for line in doc.splitlines():
+        if line.startswith("```"):
+            in_block = not in_block
+            continue
+        words = line.split("#")[0].split()
+        if not in_block or words[:1] not in (["zfs"], ["tgtadm"], ["zol-wrapper"]):
+            continue
+        if words[1:2] == ["="]:          # the config example, not a command
+            continue
+        shapes.add(tuple(w for w in words if not w.startswith("[")))
+        shapes.add(tuple(w.strip("[]") for w in words))   # optional arguments
+    # The doc writes alternatives (DS|SNAP|PARENT, none|auto); the wrapper spells them as
+    # tokens: compare the literal skeleton (program, subcommand or mode/op, arity).
+    doc_keys = {(W.command_key(s), len(s)) for s in shapes}
+    wrapper_keys = {(W.command_key(r.items), len(r.items)) for r in W.GRAMMAR}
+    assert doc_keys == wrapper_keys
+
+
+# ------------------------------------------------------------------------------------------
+# Config
+# ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("override,reason", [
+    ({"parents": None}, "missing parents"),
+    ({"parents": "zol/cinder ../etc"}, "not a valid dataset name"),
+    ({"parents": "zol/cinder zol/cinder/sub"}, "nested inside"),
+    ({"parents": "zol/cinder zol/cinder"}, "duplicate"),
+    ({"parents": "zol/cinder@snap"}, "not a valid dataset name"),
+    ({"parents": "-r"}, "not a valid dataset name"),
+    ({"iqn_prefix": "evil"}, "not an IQN prefix"),
+    ({"zfs": "zfs"}, "plain absolute path"),
+    ({"zfs": "/usr/sbin/../bin/sh"}, "plain absolute path"),
+    ({"tgtadm": "/usr/sbin/tgtadm -x"}, "plain absolute path"),
+    ({"log_file": None}, "missing log_file"),
+    ({"syslog": "maybe"}, "syslog must be yes or no"),
+    ({"shell": "/bin/sh"}, "unknown key"),
+])
+def test_config_rejected(fake, override, reason):
+    fake.write_conf(**override)
+    with pytest.raises(W.ConfigError, match=reason):
+        W.load_config(str(fake.conf))
+    r = run_wrapper(fake, "zfs version")
+    assert r.returncode == W.EXIT_CONFIG
+    assert r.stderr.decode().startswith("zol-ssh-wrapper: bad config: ")
+    assert fake.executed() == []
+
+
+def test_config_file_problems(fake, tmp_path):
+    for path, reason in ((str(tmp_path / "missing.conf"), "cannot read config"),
+                         ("relative.conf", "must be absolute"),
+                         (str(tmp_path), "not a regular file")):
+        with pytest.raises(W.ConfigError, match=reason):
+            W.load_config(path)
+    fake.conf.chmod(0o666)
+    with pytest.raises(W.ConfigError, match="world-writable"):
+        W.load_config(str(fake.conf))
+    fake.conf.chmod(0o644)
+    fake.conf.write_text("[other]\nx = 1\n")
+    with pytest.raises(W.ConfigError, match="exactly one \\[wrapper\\] section"):
+        W.load_config(str(fake.conf))
+    fake.conf.write_text("not ini at all\n")
+    with pytest.raises(W.ConfigError, match="cannot parse"):
+        W.load_config(str(fake.conf))
+
+
+def test_usage_errors(fake):
+    r = subprocess.run([sys.executable, str(WRAPPER)], capture_output=True, env={}, check=False)
+    assert r.returncode == W.EXIT_CONFIG
+    r = subprocess.run([sys.executable, str(WRAPPER), str(fake.conf), "zfs", "version"],
+                       capture_output=True, env={}, check=False)
+    assert r.returncode == W.EXIT_CONFIG
+    assert fake.executed() == []
+
+
+# ------------------------------------------------------------------------------------------
+# The real process: what reaches exec, exit codes, stderr, the log.
+# ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("command,exec_argv", ACCEPT, ids=[c[:70] for c, _ in ACCEPT])
+def test_exec_accepted(fake, command, exec_argv):
+    r = run_wrapper(fake, command)
+    # 22: the fake tgtd has no such target (tgtadm's own answer passes through unchanged)
+    assert r.returncode in (0, 22), r.stderr
+    expected = exec_argv or W.split_command(command)
+    assert fake.executed()[-1] == expected
+    log = fake.log_text()
+    assert "client=192.0.2.10:40022 decision=allowed" in log
+    assert SECRET not in log
+
+
+@pytest.mark.parametrize("command,reason", DENY, ids=[repr(c)[:70] for c, _ in DENY])
+def test_exec_denied(fake, command, reason):
+    r = run_wrapper(fake, command)
+    assert r.returncode == W.EXIT_DENIED
+    err = r.stderr.decode()
+    assert err.startswith("zol-ssh-wrapper: denied: ") and err.count("\n") == 1, err
+    assert reason in err
+    assert fake.executed() == []
+    log = fake.log_text()
+    assert "client=192.0.2.10:40022 decision=denied reason=" in log
+    assert len(log.splitlines()) == 1
+
+
+def test_local_mode_same_allow_list(fake):
+    r = run_wrapper(fake, local=["zfs", "destroy", V])
+    assert r.returncode == 0
+    assert fake.executed() == [["zfs", "destroy", V]]
+    r = run_wrapper(fake, local=["zfs", "destroy", "-r", V])
+    assert r.returncode == W.EXIT_DENIED
+    r = run_wrapper(fake, local=["zfs; id"])
+    assert r.returncode == W.EXIT_DENIED
+    # arguments are not re-split: one argv element with a space stays one (and is denied)
+    r = run_wrapper(fake, local=["zfs destroy " + V])
+    assert r.returncode == W.EXIT_DENIED
+    r = run_wrapper(fake, local=[b"zfs", b"destroy", b"zol/cinder/\xff\xfe"])
+    assert r.returncode == W.EXIT_DENIED
+    assert fake.executed() == [["zfs", "destroy", V]]
+    assert "client=local/192.0.2.10:40022 decision=denied" in fake.log_text()
+
+
+def test_missing_and_empty_command(fake):
+    for env_cmd in (None, "", "   "):
+        r = run_wrapper(fake, env_cmd)
+        assert r.returncode == W.EXIT_NO_COMMAND, (env_cmd, r.stderr)
+        assert r.stderr.decode().startswith("zol-ssh-wrapper: denied: no command")
+    r = subprocess.run([sys.executable, str(WRAPPER), str(fake.conf), "--"],
+                       capture_output=True, env={}, check=False)
+    assert r.returncode == W.EXIT_NO_COMMAND
+    r = run_wrapper(fake, "''")
+    assert r.returncode == W.EXIT_DENIED
+    assert fake.executed() == []
+
+
+def test_non_utf8_command(fake):
+    r = run_wrapper(fake, None, env_extra={b"SSH_ORIGINAL_COMMAND": b"zfs destroy zol/cinder/\xff"})
+    assert r.returncode == W.EXIT_DENIED
+    assert b"non-ASCII" in r.stderr
+    assert fake.executed() == []
+
+
+def test_binary_missing_is_exit_67(fake):
+    fake.write_conf(zfs=str(fake.root / "bin" / "nonexistent"))
+    r = run_wrapper(fake, "zfs version")
+    assert r.returncode == W.EXIT_EXEC
+    assert r.stderr.decode().startswith("zol-ssh-wrapper: cannot execute ")
+    assert "decision=failed" in fake.log_text()
+
+
+def test_exit_code_passes_through(fake):
+    fake.set_zfs_exit(1)
+    r = run_wrapper(fake, "zfs list -H -p -o name " + V)
+    assert r.returncode == 1
+    fake.set_zfs_exit(0)
+
+
+def test_child_environment_is_clean(fake):
+    """SSH_ORIGINAL_COMMAND and the client's variables do not reach zfs/tgtadm."""
+    env_dump = fake.root / "bin" / "zfs"
+    env_dump.write_text(f"#!/bin/sh\n/usr/bin/env > {fake.root}/env.txt\n")
+    r = run_wrapper(fake, "zfs version", env_extra={"LD_PRELOAD": "/tmp/evil.so"})
+    assert r.returncode == 0
+    env = dict(line.split("=", 1) for line in (fake.root / "env.txt").read_text().splitlines())
+    assert set(env) <= {"PATH", "LC_ALL", "PWD", "SHLVL", "_"}
+    assert env["LC_ALL"] == "C"
+
+
+def test_secrets_redacted_in_log(fake):
+    run_wrapper(fake, "tgtadm --lld iscsi --mode account --op new --user u1 --password "
+                + SECRET)
+    run_wrapper(fake, "zfs set zol:chap=u1:" + SECRET + " " + V)
+    run_wrapper(fake, "zfs set zol:chap=u1:" + SECRET + " zol/other/x")        # denied
+    run_wrapper(fake, "tgtadm --lld iscsi --mode account --op new --user u1 --password "
+                + SECRET + " '")                                           # unparsable
+    log = fake.log_text()
+    assert len(log.splitlines()) == 4
+    assert SECRET not in log
+    assert log.count("<redacted>") == 4
+    # ...while the real command did get the secret
+    assert fake.tgt_state()["accounts"] == {"u1": SECRET}
+
+
+# ------------------------------------------------------------------------------------------
+# Narrow verbs
+# ------------------------------------------------------------------------------------------
+
+def test_version(fake):
+    r = run_wrapper(fake, "zol-wrapper version")
+    assert r.returncode == 0
+    assert r.stdout.decode() == f"zol-ssh-wrapper {W.VERSION} protocol {W.PROTOCOL}\n"
+
+
+def test_wait_zvol(fake):
+    fake.add_zvol(V)
+    t0 = time.monotonic()
+    assert run_wrapper(fake, "zol-wrapper wait-zvol " + V).returncode == 0
+    assert time.monotonic() - t0 < 5
+    t0 = time.monotonic()
+    r = run_wrapper(fake, "zol-wrapper wait-zvol zol/cinder/absent 1")
+    assert r.returncode == 1
+    assert 1.0 <= time.monotonic() - t0 < 10
+    assert b"/dev/zvol/zol/cinder/absent did not appear within 1 s" in r.stderr
+
+
+def test_wait_zvol_sees_late_link(fake):
+    p = subprocess.Popen([sys.executable, str(WRAPPER), str(fake.conf), "--", "zol-wrapper",
+                          "wait-zvol", V, "20"])
+    time.sleep(0.5)
+    assert p.poll() is None
+    fake.add_zvol(V)
+    assert p.wait(timeout=10) == 0
+
+
+def test_new_target_lowest_free_tid_and_idempotent(fake):
+    iqns = [W.load_config(str(fake.conf)).iqn_prefix + f"volume-{i}" for i in range(3)]
+    tids = [int(run_wrapper(fake, "zol-wrapper new-target " + q).stdout) for q in iqns]
+    assert tids == [1, 2, 3]
+    assert int(run_wrapper(fake, "zol-wrapper new-target " + iqns[1]).stdout) == 2
+    run_wrapper(fake, "tgtadm --lld iscsi --mode target --op delete --tid 2")
+    q = iqns[0] + "x"
+    assert int(run_wrapper(fake, "zol-wrapper new-target " + q).stdout) == 2
+    assert {t["iqn"] for t in fake.tgt_state()["targets"].values()} == {iqns[0], iqns[2], q}
+
+
+def test_new_target_race_free(fake):
+    """Eight concurrent callers (eight cinder-volume hosts) get eight distinct tids."""
+    prefix = W.load_config(str(fake.conf)).iqn_prefix
+    procs = [subprocess.Popen([sys.executable, str(WRAPPER), str(fake.conf), "--",
+                               "zol-wrapper", "new-target", prefix + f"race-{i}"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for i in range(8)]
+    outs = [p.communicate(timeout=60) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    assert sorted(int(o) for o, _ in outs) == list(range(1, 9))
+    # the tgtadm `new` calls all succeeded the first time: no collisions to retry
+    news = [a for a in fake.executed() if "new" in a and "target" in a]
+    assert len(news) == 8
+
+
+def test_mutating_tgtadm_waits_for_lock(fake):
+    fd = os.open(fake.lock_file, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        p = subprocess.Popen([sys.executable, str(WRAPPER), str(fake.conf), "--", "tgtadm",
+                              "--lld", "iscsi", "--mode", "target", "--op", "new", "--tid",
+                              "5", "--targetname", "iqn.2010-10.org.openstack:locked"])
+        # a read-only op is not serialized
+        assert run_wrapper(fake, "tgtadm --lld iscsi --mode target --op show").returncode == 0
+        time.sleep(0.7)
+        assert p.poll() is None
+        assert not any("new" in a for a in fake.executed())
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+    assert p.wait(timeout=20) == 0
+    assert "5" in fake.tgt_state()["targets"]
+
+
+def test_copy_pipes_send_into_recv(fake):
+    dst = "zol/cinder-thick/volume-copy"
+    r = run_wrapper(fake, "zol-wrapper copy " + S + " " + dst)
+    assert r.returncode == 0, r.stderr
+    assert sorted(fake.executed()) == [["zfs", "recv", dst], ["zfs", "send", S]]
+    expected = len(b"STREAM:" + S.encode() + b"\n" * 1000)
+    assert (fake.root / "recv.log").read_text() == f"{dst} {expected}\n"
+
+
+def test_copy_failure_is_68(fake):
+    fake.set_zfs_exit(1)
+    r = run_wrapper(fake, "zol-wrapper copy " + S + " zol/cinder/volume-copy")
+    assert r.returncode == W.EXIT_VERB
+    assert b"copy " in r.stderr and b"failed" in r.stderr
+
+
+def _export_rows():
+    return [
+        (V, "zol:iqn", IQN), (V, "zol:lun", "1"), (V, "zol:chap", "chapuser1:" + SECRET),
+        (V, "zol:initiators", "ALL"), (V, "zol:deleted", "-"),
+        (T, "zol:iqn", "iqn.2010-10.org.openstack:thick"), (T, "zol:lun", "1"),
+        (T, "zol:chap", "-"), (T, "zol:initiators", "10.0.0.5,10.0.0.6"),
+        (T, "zol:deleted", "-"),
+        # deleted volume: no export
+        ("zol/cinder/volume-gone", "zol:iqn", "iqn.2010-10.org.openstack:gone"),
+        ("zol/cinder/volume-gone", "zol:deleted", "1"),
+        # never exported
+        ("zol/cinder/volume-plain", "zol:iqn", "-"),
+        # tampered properties: skipped, never passed to tgtadm
+        ("zol/cinder/volume-bad", "zol:iqn", "iqn.1999-01.evil:x"),
+        # not directly below a parent
+        ("zol/cinder/volume-x/nested", "zol:iqn", "iqn.2010-10.org.openstack:nested"),
+    ]
+
+
+def test_restore_exports(fake):
+    fake.set_zfs_get(_export_rows())
+    fake.add_zvol(V)
+    fake.add_zvol(T)
+    r = run_wrapper(fake, None, local=["zol-wrapper", "restore-exports"])
+    out = r.stdout.decode()
+    assert r.returncode == 0, (out, r.stderr)
+    assert "restored tid=1 iqn=iqn.2010-10.org.openstack:thick lun=1 ds=" + T in out
+    assert "restored tid=2 iqn=" + IQN + " lun=1 ds=" + V + " chap=yes" in out
+    assert "skipped zol/cinder/volume-bad: zol:iqn: IQN outside" in out
+    assert "gone" not in out and "nested" not in out and "plain" not in out
+    assert SECRET not in out and SECRET not in fake.log_text()
+    st = fake.tgt_state()
+    assert st["targets"]["2"] == {"iqn": IQN, "luns": {"1": "/dev/zvol/" + V},
+                                  "acl": ["ALL"], "accounts": ["chapuser1"]}
+    assert st["targets"]["1"]["acl"] == ["10.0.0.5", "10.0.0.6"]
+    assert st["targets"]["1"]["accounts"] == []
+    assert st["accounts"] == {"chapuser1": SECRET}
+    gets = [a for a in fake.executed() if a[:2] == ["zfs", "get"]]
+    assert [g[-1] for g in gets] == ["zol/cinder", "zol/cinder-thick"]
+
+    # idempotent: a second run changes nothing
+    fake.clear()
+    r = run_wrapper(fake, None, local=["zol-wrapper", "restore-exports"])
+    assert r.returncode == 0
+    assert r.stdout.decode().count("exists tid=") == 2
+    assert not any("new" in a for a in fake.executed())
+    assert fake.tgt_state() == st
+
+    # tgtd restarted: everything comes back the same
+    fake.reset_tgt()
+    r = run_wrapper(fake, None, local=["zol-wrapper", "restore-exports"])
+    assert r.returncode == 0
+    assert fake.tgt_state() == st
+
+
+def test_restore_exports_keeps_foreign_targets(fake):
+    """A target someone else created keeps its tid; ours take the next free ones."""
+    fake.set_zfs_get(_export_rows()[:5])
+    fake.add_zvol(V)
+    assert run_wrapper(fake, "tgtadm --lld iscsi --mode target --op new --tid 1 --targetname "
+                             "iqn.2010-10.org.openstack:other").returncode == 0
+    r = run_wrapper(fake, None, local=["zol-wrapper", "restore-exports"])
+    assert r.returncode == 0
+    assert fake.tgt_state()["targets"]["2"]["iqn"] == IQN
+
+
+def test_restore_exports_failure_is_reported(fake):
+    fake.set_zfs_get(_export_rows()[:5])
+    fake.add_zvol(V)
+    # tgtd refuses the LUN (e.g. the zvol is busy): the half-made target is removed again
+    tgt = fake.tgtadm.read_text()
+    fake.tgtadm.write_text(tgt.replace('elif mode == "logicalunit" and op == "new":',
+                                       'elif mode == "logicalunit" and op == "new" and 0:'))
+    r = run_wrapper(fake, None, local=["zol-wrapper", "restore-exports"])
+    assert r.returncode == W.EXIT_VERB
+    assert "failed iqn=" + IQN in r.stdout.decode()
+    assert fake.tgt_state()["targets"] == {}
+    assert "decision=restore failed iqn=" in fake.log_text()
+
+
+def test_restore_exports_zfs_failure(fake):
+    fake.set_zfs_exit(2)
+    r = run_wrapper(fake, None, local=["zol-wrapper", "restore-exports"])
+    assert r.returncode == W.EXIT_VERB
+    assert r.stderr.decode().startswith("zol-ssh-wrapper: restore-exports: zfs get")
