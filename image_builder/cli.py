@@ -1,0 +1,140 @@
+# ruff: noqa: UP031  (the project's convention: %-formatting, as in lazy log args)
+"""`zol-image`: build (and verify, and publish) Debian images for OpenStack.
+
+    zol-image build [--config-file FILE] [--release trixie] [--no-verify] ...
+    zol-image upload BUILD_DIR [--glance-endpoint URL]     (re)publish a finished build
+
+Options come from oslo.config (etc/image_builder.conf.sample lists them all, same names); the
+flags below override the config file.  Exit status: 0 success, 1 build failure (the message
+names the stage), 2 usage or configuration error.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+from oslo_config import cfg
+
+from image_builder import build, exception, opts
+
+LOG = logging.getLogger(__name__)
+
+# flag -> (group, option) for overrides; None value means "not given".
+OVERRIDES = {
+    "release": ("build", "release"), "arch": ("build", "arch"), "mirror": ("build", "mirror"),
+    "disk_size": ("build", "disk_size"), "kernel_package": ("build", "kernel_package"),
+    "packages": ("build", "packages"), "extra_packages": ("build", "extra_packages"),
+    "locales": ("build", "locales"), "profile": ("build", "profile"),
+    "cloud_init": ("build", "cloud_init"), "hostname": ("build", "hostname"),
+    "name": ("build", "name"), "output_dir": ("build", "output_dir"),
+    "format": ("build", "format"), "backend": ("build", "install_backend"),
+    "verify": ("build", "verify"), "upload": ("build", "upload"),
+    "keep_work": ("build", "keep_work"), "fs_slack": ("build", "fs_slack"),
+    "verify_disk_size": ("build", "verify_disk_size"),
+    "glance_endpoint": ("glance", "endpoint"), "os_cloud": ("glance", "cloud"),
+    "visibility": ("glance", "visibility"), "reuse": ("glance", "reuse"),
+}
+
+
+def csv(text: str) -> list[str]:
+    return [p.strip() for p in text.split(",") if p.strip()]
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="zol-image", description=__doc__.split("\n\n")[0])
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--config-file", action="append", default=[],
+                   help="oslo.config file (repeatable); default /etc/zol-openstack/"
+                        "image_builder.conf if it exists")
+    sub = p.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("build", help="build an image (triplet or BARE disk)")
+    u = sub.add_parser("upload", help="publish a finished build directory")
+    u.add_argument("build_dir")
+    for sp in (b, u):
+        sp.add_argument("--glance-endpoint", help="Glance URL; token from OS_TOKEN or "
+                        "ZOL_GLANCE_TOKEN")
+        sp.add_argument("--os-cloud", help="clouds.yaml cloud name")
+        sp.add_argument("--visibility", choices=("private", "shared", "community", "public"))
+        sp.add_argument("--reuse", action=argparse.BooleanOptionalAction, default=None,
+                        help="reuse an identical triplet already in Glance")
+    b.add_argument("--release", choices=opts.RELEASES)
+    b.add_argument("--arch", choices=opts.ARCHES)
+    b.add_argument("--mirror")
+    b.add_argument("--disk-size", type=int, help="install disk size in MiB")
+    b.add_argument("--kernel-package")
+    b.add_argument("--packages", type=csv, help="comma-separated, replaces the default list")
+    b.add_argument("--extra-packages", type=csv, help="comma-separated, added to the list")
+    b.add_argument("--locales", type=csv)
+    b.add_argument("--profile", choices=("cloud", "none"))
+    b.add_argument("--cloud-init", action=argparse.BooleanOptionalAction, default=None)
+    b.add_argument("--hostname")
+    b.add_argument("--name", help="image name; {release} {version} {arch} substituted")
+    b.add_argument("--output-dir")
+    b.add_argument("--format", choices=("ami", "qcow2", "raw"))
+    b.add_argument("--backend", choices=("chroot", "libvirt"))
+    b.add_argument("--fs-slack", type=float)
+    b.add_argument("--verify-disk-size", type=int)
+    b.add_argument("--verify", action=argparse.BooleanOptionalAction, default=None)
+    b.add_argument("--upload", action=argparse.BooleanOptionalAction, default=None)
+    b.add_argument("--keep-work", action=argparse.BooleanOptionalAction, default=None)
+    b.add_argument("--fail-at", help=argparse.SUPPRESS)   # tests: inject a fault
+    return p
+
+
+def load_conf(args: argparse.Namespace) -> cfg.ConfigOpts:
+    conf = cfg.ConfigOpts()
+    opts.register_opts(conf)
+    files = args.config_file or [f for f in ("/etc/zol-openstack/image_builder.conf",)
+                                 if os.path.exists(f)]
+    for f in files:
+        if not os.path.exists(f):
+            raise exception.ConfigError(reason="config file %s does not exist" % f)
+    conf([], project="zol-openstack", prog="zol-image", default_config_files=files,
+         use_env=False)
+    for flag, (group, name) in OVERRIDES.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            conf.set_override(name, value, group=group)
+    token = os.environ.get("ZOL_GLANCE_TOKEN") or os.environ.get("OS_TOKEN")
+    if token:
+        conf.set_override("token", token, group="glance")
+    return conf
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    try:
+        conf = load_conf(args)
+        settings = build.Settings.from_conf(conf)
+        if args.command == "upload":
+            ids = build.publish_existing(args.build_dir, settings)
+            print(json.dumps(ids, indent=2))
+            return 0
+        fault = getattr(args, "fail_at", None) or os.environ.get("ZOL_IMAGE_FAIL_AT")
+        manifest = build.Builder(settings, fault=fault).run()
+    except (exception.ConfigError, cfg.Error, ValueError) as exc:
+        print("zol-image: configuration error: %s" % exc, file=sys.stderr)
+        return 2
+    except exception.ImageBuilderError as exc:
+        print("zol-image: %s" % exc.message, file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("zol-image: interrupted; everything this run created was removed",
+              file=sys.stderr)
+        return 130
+    summary = {"name": manifest["name"], "dir": str(os.path.abspath(
+        os.path.join(settings.output_dir, manifest["name"]))),
+               "files": {r: f["path"] for r, f in manifest["files"].items()},
+               "glance": manifest["glance"], "timings": manifest["timings"]}
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

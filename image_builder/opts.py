@@ -1,0 +1,116 @@
+"""Every oslo.config option of the image builder, and list_opts() for oslo-config-generator.
+
+Groups: [build] what to build, [glance] where to publish it, [libvirt] the installer backend.
+The CLI registers these same options as command-line overrides, so a config file and flags
+never disagree about names or defaults.
+"""
+from __future__ import annotations
+
+from oslo_config import cfg
+
+RELEASES = ("bookworm", "trixie")
+RELEASE_VERSIONS = {"bookworm": "12", "trixie": "13"}
+ARCHES = ("amd64",)
+
+build_opts = [
+    cfg.StrOpt("release", default="bookworm", choices=RELEASES,
+               help="Debian release (codename) to build."),
+    cfg.StrOpt("arch", default="amd64", choices=ARCHES,
+               help="Debian architecture of the image."),
+    cfg.StrOpt("mirror", default="http://deb.debian.org/debian",
+               help="Debian mirror (http or https URL) for the install."),
+    cfg.IntOpt("disk_size", default=2048, min=256,
+               help="Size in MiB of the partitioned disk the system is installed on; the "
+                    "AMI root filesystem is shrunk afterwards to the data it holds."),
+    cfg.StrOpt("kernel_package", default="linux-image-cloud-amd64",
+               help="Kernel package; linux-image-cloud-amd64 is smaller and boots faster on "
+                    "virtio clouds, linux-image-amd64 supports any hardware."),
+    cfg.ListOpt("packages",
+                default=["openssh-server", "ifupdown", "isc-dhcp-client", "netbase",
+                         "iproute2", "systemd-sysv", "udev", "kmod", "sudo", "less",
+                         "ca-certificates"],
+                help="Packages installed on top of the minimal base (the 'standard system "
+                     "and SSH server' of the original recipe)."),
+    cfg.ListOpt("extra_packages", default=[],
+                help="More packages, added to 'packages' (handy on the command line)."),
+    cfg.ListOpt("locales", default=["en_US.UTF-8"],
+                help="Locales to generate; the first one becomes LANG."),
+    cfg.StrOpt("profile", default="cloud", choices=("cloud", "none"),
+               help="Configuration profile: 'cloud' (virtio modules, initramfs, cleanup for "
+                    "instances) or 'none' (plain install)."),
+    cfg.BoolOpt("cloud_init", default=False,
+                help="Install and enable cloud-init (else the image relies on nova's file "
+                     "injection)."),
+    cfg.StrOpt("hostname", default="debian", help="Hostname written into the image."),
+    cfg.StrOpt("name", default="debian-{release}-{arch}",
+               help="Image name; {release}, {version} and {arch} are substituted."),
+    cfg.StrOpt("output_dir", default="images",
+               help="Directory that receives the build directory of each image."),
+    cfg.StrOpt("format", default="ami", choices=("ami", "qcow2", "raw"),
+               help="ami: kernel+ramdisk+root fs triplet (honours the flavor's disk size); "
+                    "qcow2/raw: one BARE whole-disk image."),
+    cfg.StrOpt("install_backend", default="chroot", choices=("chroot", "libvirt"),
+               help="chroot: mmdebstrap on the host (fast); libvirt: the Debian installer "
+                    "in a guest, driven by a preseed."),
+    cfg.FloatOpt("fs_slack", default=0.08, min=0.0, max=1.0,
+                 help="Free space left in the shrunk root filesystem, as a fraction of the "
+                      "data it holds (nova grows it to the flavor size at boot)."),
+    cfg.BoolOpt("verify", default=True,
+                help="Boot the result the way nova does before publishing it."),
+    cfg.IntOpt("verify_disk_size", default=2048, min=256,
+               help="Flavor disk size (MiB) the root filesystem is grown to for the boot test."),
+    cfg.IntOpt("verify_timeout", default=600, min=10,
+               help="Seconds the boot test waits for the login marker."),
+    cfg.StrOpt("verify_marker", default="login:",
+               help="Serial console text that proves the image booted."),
+    cfg.BoolOpt("upload", default=True, help="Upload the result to Glance."),
+    cfg.BoolOpt("keep_work", default=False,
+                help="Keep the intermediate files (tree, disk, raw) for debugging."),
+    cfg.IntOpt("install_timeout", default=3600, min=10,
+               help="Seconds an install may take before it is aborted."),
+]
+
+glance_opts = [
+    cfg.StrOpt("endpoint",
+               help="Glance URL (e.g. http://127.0.0.1:9292). With it, 'token' is used "
+                    "and Keystone is bypassed; without it, clouds.yaml / OS_* decide."),
+    cfg.StrOpt("token", secret=True, help="Token sent with 'endpoint' (X-Auth-Token)."),
+    cfg.StrOpt("cloud", help="Cloud name in clouds.yaml (default: OS_CLOUD)."),
+    cfg.StrOpt("visibility", default="private",
+               choices=("private", "shared", "community", "public"),
+               help="Visibility of the uploaded images."),
+    cfg.BoolOpt("reuse", default=True,
+                help="Reuse an existing identical triplet (same name and hashes) instead "
+                     "of uploading a duplicate."),
+    cfg.BoolOpt("insecure", default=False, help="Do not verify the TLS certificate."),
+]
+
+libvirt_opts = [
+    cfg.StrOpt("uri", default="qemu:///system", help="libvirt connection URI."),
+    cfg.StrOpt("domain_type", default="auto", choices=("auto", "kvm", "qemu"),
+               help="auto: kvm only when a probe guest really boots under KVM, else qemu "
+                    "(TCG)."),
+    cfg.IntOpt("memory", default=1024, min=256, help="Installer guest memory (MiB)."),
+    cfg.IntOpt("vcpus", default=2, min=1, help="Installer guest vCPUs."),
+    cfg.StrOpt("installer_kernel",
+               default="/usr/lib/debian-installer/images/12/amd64/text/"
+                       "debian-installer/amd64/linux",
+               help="Debian installer kernel (package debian-installer-12-netboot-amd64)."),
+    cfg.StrOpt("installer_initrd",
+               default="/usr/lib/debian-installer/images/12/amd64/text/"
+                       "debian-installer/amd64/initrd.gz",
+               help="Debian installer initrd."),
+    cfg.StrOpt("preseed_template",
+               help="Preseed template (string.Template); default: the packaged one."),
+]
+
+
+def register_opts(conf: cfg.ConfigOpts) -> None:
+    conf.register_opts(build_opts, group="build")
+    conf.register_opts(glance_opts, group="glance")
+    conf.register_opts(libvirt_opts, group="libvirt")
+
+
+def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
+    """Entry point for oslo-config-generator (namespace image_builder)."""
+    return [("build", build_opts), ("glance", glance_opts), ("libvirt", libvirt_opts)]

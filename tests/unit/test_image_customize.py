@@ -1,0 +1,107 @@
+# ruff: noqa: UP031  (the project's convention: %-formatting, as in lazy log args)
+"""The cloud profile's file edits and the mmdebstrap/qemu command lines (pure logic)."""
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+
+from image_builder import customize, verify
+from image_builder.install import chroot
+
+
+def test_locale_gen_lines():
+    assert customize.locale_gen_lines(["en_US.UTF-8", "fr_FR@euro"]) == \
+        "en_US.UTF-8 UTF-8\nfr_FR@euro ISO-8859-1\n"
+
+
+def test_etc_modules_spelled_right_and_idempotent():
+    text = customize.modules_file("# /etc/modules\nloop\n", customize.ETC_MODULES)
+    assert text.splitlines()[-2:] == ["virtio_balloon", "acpiphp"]
+    assert "virtio_baloon" not in text          # the 2012 post's typo
+    assert customize.modules_file(text, customize.ETC_MODULES) == text
+    assert customize.modules_file("", ("a",)) == "a\n"
+    assert customize.modules_file("x", ("a",)) == "x\na\n"
+
+
+def test_profile_packages_and_json_round_trip():
+    p = customize.Profile(hostname="h", locales=[], cloud_init=True, marker="m")
+    assert customize.Profile.from_json(p.to_json()) == p
+    pkgs = customize.packages_for(p)
+    assert "cloud-init" in pkgs and "locales" not in pkgs and "initramfs-tools" in pkgs
+
+
+def test_cleanup_removes_host_keys_history_and_net_rules(tmp_path):
+    files = ["etc/ssh/ssh_host_ed25519_key", "etc/ssh/ssh_host_rsa_key.pub",
+             "etc/udev/rules.d/70-persistent-net.rules", "root/.bash_history",
+             "home/u/.bash_history", "var/log/dpkg.log"]
+    keep = ["etc/ssh/sshd_config", "var/log/apt/keep"]
+    for rel in files + keep:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("x")
+    (tmp_path / "etc/machine-id").write_text("abc\n")
+    customize.cleanup(tmp_path)
+    assert [f for f in files if (tmp_path / f).exists()] == []
+    assert all((tmp_path / f).exists() for f in keep)
+    assert (tmp_path / "etc/machine-id").read_text() == ""
+
+
+def test_hook_script_is_runnable_python(tmp_path):
+    conf = tmp_path / "p.json"
+    script = customize.hook_script(conf)
+    assert script.startswith("#!%s\n" % sys.executable)
+    path = tmp_path / "hook"
+    path.write_text(script)
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    compile(script, "hook", "exec")
+    assert repr(os.fspath(conf)) in script
+
+
+def test_interfaces_do_not_depend_on_nic_names():
+    assert "/en*=nic0" in customize.INTERFACES and "iface nic0 inet dhcp" in customize.INTERFACES
+
+
+def test_mmdebstrap_argv():
+    argv = chroot.mmdebstrap_argv("bookworm", "amd64", "http://m/debian", ["b", "a", "a"],
+                                  "/t", "/h")
+    assert argv[0] == "mmdebstrap" and "--mode=root" in argv and "--variant=minbase" in argv
+    assert "--include=a,b" in argv
+    assert "--customize-hook=/h" in argv
+    assert argv[-3:] == ["bookworm", "/t", "http://m/debian"]
+    assert all(isinstance(a, str) for a in argv)
+
+
+def test_package_list_reads_dpkg_status(tmp_path):
+    st = tmp_path / "var/lib/dpkg/status"
+    st.parent.mkdir(parents=True)
+    st.write_text("Package: b\nStatus: install ok installed\nVersion: 2\n\n"
+                  "Package: gone\nStatus: deinstall ok config-files\nVersion: 1\n\n"
+                  "Package: a\nStatus: install ok installed\nVersion: 1:1.0-1\n")
+    assert chroot.package_list(tmp_path) == ["a=1:1.0-1", "b=2"]
+
+
+def test_qemu_argv_is_novas_direct_kernel_boot():
+    argv = verify.qemu_argv("/k", "/i", "/d.img", "/c.log", "/p")
+    assert argv[argv.index("-kernel") + 1] == "/k"
+    assert argv[argv.index("-initrd") + 1] == "/i"
+    assert argv[argv.index("-append") + 1] == "root=/dev/vda console=ttyS0 rw"
+    assert "file=/d.img,if=virtio,format=raw,cache=unsafe" in argv
+    assert "tcg,thread=multi" in argv
+    bare = verify.qemu_argv("", None, "/d.qcow2", "/c", "/p", fmt="qcow2")
+    assert "-kernel" not in bare and "file=/d.qcow2,if=virtio,format=qcow2,cache=unsafe" in bare
+
+
+def test_run_rejects_non_argv_and_reports_stderr():
+    import pytest
+
+    from image_builder import exception, run
+    with pytest.raises(exception.ConfigError):
+        run.run([])
+    with pytest.raises(exception.CommandError, match="boom") as err:
+        run.run([sys.executable, "-c", "import sys; sys.stderr.write('boom'); sys.exit(3)"])
+    assert err.value.kwargs["rc"] == 3
+    assert run.run(["sh", "-c", "exit 1"], ok_codes=(0, 1)).returncode == 1
+    with pytest.raises(exception.CommandError, match="not found"):
+        run.run(["/nonexistent/zol-binary"])
+    assert subprocess.run  # argv lists only: nothing above went through a shell string
