@@ -466,7 +466,8 @@ def test_missing_and_empty_command(fake):
 
 
 def test_non_utf8_command(fake):
-    r = run_wrapper(fake, None, env_extra={b"SSH_ORIGINAL_COMMAND": b"zfs destroy zol/cinder/\xff"})
+    raw = b"zfs destroy zol/cinder/\xff"
+    r = run_wrapper(fake, None, env_extra={b"SSH_ORIGINAL_COMMAND": raw})
     assert r.returncode == W.EXIT_DENIED
     assert b"non-ASCII" in r.stderr
     assert fake.executed() == []

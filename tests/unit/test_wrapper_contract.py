@@ -1,0 +1,222 @@
+"""Contract: every argv the Cinder driver can emit is accepted by the SAN wrapper.
+
+Two sources, so neither side can drift unnoticed:
+* tests/fixtures/driver_argv.jsonl - the complete command set recorded from the driver's own
+  scenario tests (tests/unit/test_driver.py regenerates it);
+* the driver's argv builders (zol_driver.zfs.ZfsClient, zol_driver.targets.tgt.TgtAdm) called
+  here directly with a recording executor, over every option combination and both parents.
+Each argv goes through the wrapper's validator in-process and, for the exec'd programs, through
+the real wrapper process in local mode, checking the fake binary received exactly that argv.
+"""
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers.fakesan import REPO, WRAPPER, FakeSan, load_wrapper
+from zol_driver import exception, ssh, zfs
+from zol_driver.targets import tgt
+
+W = load_wrapper()
+ARGV_FILE = REPO / "tests" / "fixtures" / "driver_argv.jsonl"
+PARENTS = ("zol/cinder", "zol/cinder-thick")
+PREFIX = "iqn.2010-10.org.openstack:"
+UUID = "0b6e8f2a-1111-4c2d-9a1b-3c4d5e6f7a8b"
+
+
+@pytest.fixture(scope="module")
+def fake(tmp_path_factory) -> FakeSan:
+    return FakeSan(tmp_path_factory.mktemp("contract"), parents=PARENTS, iqn_prefix=PREFIX)
+
+
+@pytest.fixture(scope="module")
+def cfg(fake):
+    return W.load_config(str(fake.conf))
+
+
+def recorded_argv() -> list[list[str]]:
+    if not ARGV_FILE.exists():
+        pytest.fail(f"{ARGV_FILE.relative_to(REPO)} is missing: the driver's tests record "
+                    "every argv they send there (tests/unit/test_driver.py::"
+                    "test_driver_argv_fixture_is_current; regenerate with "
+                    "ZOL_REGEN_DRIVER_ARGV=1)", pytrace=False)
+    lines = [json.loads(line) for line in ARGV_FILE.read_text().splitlines() if line.strip()]
+    assert lines, f"{ARGV_FILE} is empty"
+    return lines
+
+
+def test_recorded_argv_accepted(cfg):
+    denied = []
+    for argv in recorded_argv():
+        try:
+            W.validate(cfg, argv)
+        except W.Denied as exc:
+            denied.append(f"{shlex.join(W.redact_argv(argv))} -> {exc}")
+    assert not denied, "the wrapper denies argv the driver sends:\n" + "\n".join(denied)
+
+
+def test_recorded_argv_covers_the_protocol(cfg):
+    """The driver's recording exercises most grammar lines (a shrunken recording is a bug)."""
+    used = set()
+    for argv in recorded_argv():
+        used.add(W.match_rule(cfg, argv).text)
+    assert len(used) >= 25, sorted(used)
+    for must in ("zol-wrapper new-target {IQN}", "zol-wrapper copy {SNAP} {DS}",
+                 "zol-wrapper wait-zvol {DS} {SECONDS}", "zfs destroy {DS_OR_SNAP}"):
+        assert must in used, must
+
+
+def test_recorded_argv_reach_exec_unchanged(fake):
+    """The real wrapper process (local mode, like san_is_local) execs exactly the argv."""
+    fake.clear()
+    sent = [a for a in recorded_argv() if a[0] != "zol-wrapper"]
+    for argv in sent:
+        r = subprocess.run([sys.executable, str(WRAPPER), str(fake.conf), "--", *argv],
+                           capture_output=True, timeout=30, check=False)
+        assert r.returncode not in (64, 65, 66, 67, 68), (argv, r.stderr)
+    assert fake.executed() == sent
+
+
+# ------------------------------------------------------------------------------------------
+# The driver's builders, called directly.
+# ------------------------------------------------------------------------------------------
+
+class Recorder:
+    """An Executor that records argv and answers like an empty SAN."""
+
+    host = "contract"
+
+    def __init__(self):
+        self.calls: list[list[str]] = []
+
+    def execute(self, argv, check=True, timeout=None, stdin=None):
+        self.calls.append(list(argv))
+        out = "1\n" if argv[:2] == ["zol-wrapper", "new-target"] else ""
+        return ssh.Result(tuple(argv), 0, out, "")
+
+    def close(self):
+        pass
+
+
+def builder_argv() -> list[list[str]]:
+    rec = Recorder()
+    for parent in PARENTS:
+        z = zfs.ZfsClient(rec, parent, busy_retries=0, busy_interval=0)
+        ds = z.ds("volume-" + UUID)
+        ds2 = z.ds("volume-" + UUID.replace("1", "2"))
+        snap = ds + "@snapshot-" + UUID
+        z.version()
+        for name in (parent, ds, snap):
+            z.list(name)
+            z.list(name, ("name",))
+            z.get(name, ("used", "available", "zol:chap"))
+        z.list(parent, ("name", "volsize"), types=("volume",), depth=1)
+        z.tree(ds)
+        z.inventory(("name", "used", "zol:deleted"))
+        for sparse in (True, False):
+            for bs in (None, *zfs.BLOCKSIZES):
+                z.create_volume(ds, 1024 ** 3, sparse=sparse, blocksize=bs)
+        z.create_volume(ds, 512)
+        z.wait_zvol(ds)
+        z.wait_zvol(ds, 120)
+        z.wait_zvol(ds, 1000)
+        z.destroy(ds)
+        z.destroy(snap)
+        z.destroy(snap, deferred=True)
+        z.snapshot(snap)
+        z.clone(snap, ds2)
+        z.clone(snap, ds2, thin=True)
+        z.copy(snap, ds2)
+        z.promote(ds)
+        z.rename(ds, ds2)
+        z.rename(snap, ds + "@deleted-snapshot-" + UUID)
+        z.rollback(snap)
+        z.set_volsize(ds, 2 * 1024 ** 3)
+        z.set_refreservation(ds, True)
+        z.set_refreservation(ds, False)
+        for prop, value in (("zol:iqn", PREFIX + "volume-" + UUID), ("zol:lun", "1"),
+                            ("zol:chap", "user-1:Zq8Rk2Lm9Pw4Xt7Y"),
+                            ("zol:initiators", "ALL"), ("zol:initiators", "10.0.0.1,::1"),
+                            ("zol:deleted", "1")):
+            z.set_user(ds, prop, value)
+        for prop in zfs.USER_PROPS:
+            z.inherit(ds, prop)
+    t = tgt.TgtAdm(rec, PREFIX, retries=0, retry_interval=0)
+    iqn = t.iqn("volume-" + UUID)
+    chap = tgt.Chap("user-1", "Zq8Rk2Lm9Pw4Xt7Y")
+    t.show()
+    t.accounts()
+    t.new_target(iqn)
+    for parent in PARENTS:
+        t.export(iqn, f"/dev/zvol/{parent}/volume-{UUID}", chap=chap,
+                 initiators=("ALL", "10.0.0.5", "2001:db8::7"))
+    t.add_lun(999999, 999, "/dev/zvol/zol/cinder/volume-" + UUID)
+    t.delete_lun(1, 1)
+    t.bind_initiator(1, "ALL")
+    t.new_account(chap)
+    t.delete_account(chap.user)
+    t.bind_account(1, chap.user)
+    t.delete_target(1)
+    t.delete_target(1, force=False)
+    t.unexport(iqn, chap_user=chap.user)
+    t.refresh_lun(iqn, "/dev/zvol/zol/cinder/volume-" + UUID)
+    t.restore_exports()
+    return rec.calls
+
+
+def test_builder_argv_accepted(cfg):
+    calls = builder_argv()
+    assert len(calls) > 100
+    denied = []
+    for argv in calls:
+        try:
+            W.validate(cfg, argv)
+        except W.Denied as exc:
+            denied.append(f"{shlex.join(W.redact_argv(argv))} -> {exc}")
+    assert not denied, "the wrapper denies argv the driver builds:\n" + "\n".join(denied)
+
+
+def test_builders_refuse_what_the_wrapper_denies():
+    """The driver fails fast (before SSH) on names the wrapper would deny."""
+    rec = Recorder()
+    z = zfs.ZfsClient(rec, "zol/cinder")
+    for bad in ("../x", "a/b", "-r", ".x", "a;b", "a b", "x@y", ""):
+        with pytest.raises(exception.ZolException):
+            z.ds(bad)
+    for bad in ("zol/other/x", "zol/cinder/a/b", "zol/cinder"):
+        with pytest.raises(exception.ZolException):
+            z.destroy(bad)
+    with pytest.raises(exception.ZolException):
+        z.create_volume("zol/cinder/x", 1000)
+    assert rec.calls == []
+
+
+def test_exit_codes_agree():
+    """The driver classifies the wrapper's own exit codes; both must use the same numbers."""
+    assert (ssh.EXIT_DENIED, ssh.EXIT_NO_COMMAND, ssh.EXIT_BAD_CONFIG, ssh.EXIT_EXEC_FAILED) \
+        == (W.EXIT_DENIED, W.EXIT_NO_COMMAND, W.EXIT_CONFIG, W.EXIT_EXEC)
+
+
+def test_version_format_parsed_by_driver(fake):
+    ex = ssh.LocalExecutor([sys.executable, str(WRAPPER), str(fake.conf)])
+    assert ssh.protocol_version(ex) == (W.VERSION, W.PROTOCOL)
+
+
+def test_driver_local_executor_through_wrapper(fake):
+    """san_is_local: the driver's LocalExecutor + the wrapper, denial classified as such."""
+    ex = ssh.LocalExecutor([sys.executable, str(WRAPPER), str(fake.conf)])
+    fake.clear()
+    assert ex.execute(["zfs", "version"]).exit_code == 0
+    with pytest.raises(exception.WrapperDenied):
+        ex.execute(["zfs", "destroy", "-r", "zol/cinder"])
+    assert fake.executed() == [["zfs", "version"]]
+
+
+def test_fixture_path_is_the_drivers():
+    """Both sides name the same file (a rename on one side would silently skip the contract)."""
+    text = (REPO / "tests" / "unit" / "test_driver.py").read_text()
+    assert '"fixtures" / "driver_argv.jsonl"' in text
