@@ -1,0 +1,462 @@
+"""driver.py against the stateful FakeSan: Cinder semantics, ZFS dependencies, config errors.
+
+Also publishes the driver's complete command set to tests/fixtures/driver_argv.jsonl (the SAN
+wrapper's contract test replays it): test_driver_argv_fixture_is_current fails when the file is
+stale; regenerate with ZOL_REGEN_DRIVER_ARGV=1.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+from cinder import exception as cinder_exception
+from cinder.volume import configuration
+from oslo_config import cfg
+
+from tests.unit.fakesan import FakeSan
+from zol_driver import driver as zdriver
+from zol_driver import opts
+
+CONF = cfg.CONF
+ARGV_FILE = Path(__file__).resolve().parents[1] / "fixtures" / "driver_argv.jsonl"
+GIB = 1024 ** 3
+PFX = "iqn.2010-10.org.openstack:"
+_groups = itertools.count()
+
+
+def make_driver(san, **overrides):
+    """A driver on its own cinder.conf backend section, like cinder-volume builds it."""
+    group = overrides.pop("group", None) or f"zol-test-{next(_groups)}"
+    conf = configuration.Configuration(zdriver.driver.volume_opts, config_group=group)
+    conf.append_config_values(zdriver.san.san_opts)
+    conf.append_config_values(opts.zol_opts)
+    values = {"zol_parent_dataset": "zol/cinder", "san_ip": "192.0.2.10",
+              "target_ip_address": "192.0.2.10", "volume_backend_name": group,
+              "zol_busy_retry_interval": 0}
+    values.update(overrides)
+    for k, v in values.items():
+        CONF.set_override(k, v, group=group)
+    drv = zdriver.ZFSonLinuxISCSIDriver(configuration=conf, host="cinder@" + group,
+                                        zol_executor=san)
+    drv.do_setup(None)
+    drv.check_for_setup_error()
+    return drv
+
+
+def vol(n, size=1, **kw):
+    vid = str(uuid.UUID(int=n))
+    return {"id": vid, "name": "volume-" + vid, "size": size, "provider_location": None,
+            "provider_auth": None, **kw}
+
+
+def snap(n, volume):
+    sid = str(uuid.UUID(int=0xABC000 + n))
+    return {"id": sid, "name": "snapshot-" + sid, "volume_name": volume["name"],
+            "volume_size": volume["size"], "volume_id": volume["id"]}
+
+
+@pytest.fixture
+def san():
+    return FakeSan()
+
+
+@pytest.fixture
+def drv(san):
+    return make_driver(san)
+
+
+def ds(v):
+    return "zol/cinder/" + v["name"]
+
+
+def test_create_thin_and_idempotent(drv, san):
+    v = vol(1, 2)
+    drv.create_volume(v)
+    d = san.ds[ds(v)]
+    assert d.volsize == 2 * GIB and d.refreservation == 0
+    drv.create_volume(v)                                  # same size again: success
+    san.ds[ds(v)].volsize = GIB
+    with pytest.raises(cinder_exception.VolumeBackendAPIException):
+        drv.create_volume(v)                              # different size: an error
+
+
+def test_create_thick_with_blocksize(san):
+    drv = make_driver(san, zol_parent_dataset="zol/cinder-thick", san_thin_provision=False,
+                      zol_volblocksize=65536)
+    v = vol(2)
+    drv.create_volume(v)
+    assert san.calls[-1] == ["zfs", "create", "-b", "65536", "-V", str(GIB),
+                             "zol/cinder-thick/" + v["name"]]
+    assert san.ds["zol/cinder-thick/" + v["name"]].refreservation > GIB
+
+
+def test_delete_missing_is_success_and_removes_leaked_target(drv, san):
+    v = vol(3)
+    san.execute(["zol-wrapper", "new-target", PFX + v["name"]])
+    drv.delete_volume(v)
+    assert san.targets == {}
+
+
+def test_delete_removes_target_before_zvol_and_retries_busy(drv, san):
+    v = vol(4)
+    drv.create_volume(v)
+    drv.create_export(None, v, {})
+    san.busy.add(ds(v))
+    drv.delete_volume(v)
+    assert ds(v) not in san.ds and san.targets == {}
+    kinds = [c[:2] for c in san.calls[-4:]]
+    assert kinds[-2:] == [["zfs", "destroy"], ["zfs", "destroy"]]   # busy once, then gone
+
+
+def test_snapshot_clone_goes_to_the_new_volumes_name(drv, san):
+    v, v2 = vol(5), vol(6, 3)
+    drv.create_volume(v)
+    s = snap(1, v)
+    drv.create_snapshot(s)
+    drv.create_snapshot(s)                                # idempotent
+    drv.create_volume_from_snapshot(v2, s)
+    new = san.ds[ds(v2)]
+    assert new.origin == ds(v) + "@" + s["name"]          # NOT the snapshot's name (2012 bug)
+    assert new.volsize == 3 * GIB                         # grown to the requested size
+    assert "zol/cinder/" + s["name"] not in san.ds
+
+
+def test_delete_snapshot_with_clone_is_deferred_then_collected(drv, san):
+    v, v2 = vol(7), vol(8)
+    drv.create_volume(v)
+    s = snap(2, v)
+    drv.create_snapshot(s)
+    drv.create_volume_from_snapshot(v2, s)
+    drv.delete_snapshot(s)                                # has a clone: no error
+    assert san.ds[ds(v) + "@" + s["name"]].defer_destroy
+    drv.delete_snapshot(s)                                # again: still fine
+    drv.delete_volume(v2)
+    assert ds(v) + "@" + s["name"] not in san.ds          # went with its last clone
+    drv.delete_snapshot(s)                                # missing: fine
+
+
+def test_delete_volume_whose_snapshot_has_clones_hides_then_collects(drv, san):
+    v, v2 = vol(9), vol(10)
+    drv.create_volume(v)
+    s = snap(3, v)
+    drv.create_snapshot(s)
+    drv.create_volume_from_snapshot(v2, s)
+    drv.delete_snapshot(s)
+    drv.delete_volume(v)                                  # Cinder delete succeeds
+    hidden = "zol/cinder/deleted-" + v["name"]
+    assert ds(v) not in san.ds and san.ds[hidden].props["zol:deleted"] == "1"
+    assert san.ds[ds(v2)].origin.startswith(hidden + "@")  # the clone's data is intact
+    stats = drv.get_volume_stats(refresh=True)["pools"][0]
+    assert stats["total_volumes"] == 1                    # the hidden one is not counted
+    drv.delete_volume(v2)                                 # last dependent gone ->
+    assert san.names() == []                              # hidden volume collected
+
+
+def test_gc_from_stats(drv, san):
+    v, v2 = vol(11), vol(12)
+    drv.create_volume(v)
+    s = snap(4, v)
+    drv.create_snapshot(s)
+    drv.create_volume_from_snapshot(v2, s)
+    drv.delete_snapshot(s)
+    drv.delete_volume(v)
+    san.execute(["zfs", "destroy", ds(v2)])               # clone removed behind our back
+    drv.get_volume_stats(refresh=True)
+    assert san.names() == []
+
+
+def test_cloned_volume_clone_mode_temp_snapshot_is_deferred(drv, san):
+    v, v2 = vol(13), vol(14, 2)
+    drv.create_volume(v)
+    drv.create_cloned_volume(v2, v)
+    tmp = f"{ds(v)}@clone-{v2['id']}"
+    assert san.ds[tmp].defer_destroy and san.ds[ds(v2)].origin == tmp
+    assert san.ds[ds(v2)].volsize == 2 * GIB
+    drv.delete_volume(v)                                  # source deleted first: hidden
+    drv.delete_volume(v2)
+    assert san.names() == []
+
+
+def test_copy_mode_makes_independent_volumes(san):
+    drv = make_driver(san, zol_clone_mode="copy")
+    v, v2, v3 = vol(15), vol(16), vol(17)
+    drv.create_volume(v)
+    s = snap(5, v)
+    drv.create_snapshot(s)
+    drv.create_volume_from_snapshot(v2, s)
+    drv.create_cloned_volume(v3, v)
+    assert san.ds[ds(v2)].origin is None and san.ds[ds(v3)].origin is None
+    assert [n for n in san.names() if "@" in n] == [ds(v) + "@" + s["name"]]
+    drv.delete_snapshot(s)
+    drv.delete_volume(v)
+    assert san.names() == [ds(v2), ds(v3)]
+
+
+def test_extend_recreates_the_lun(drv, san):
+    v = vol(18)
+    drv.create_volume(v)
+    drv.create_export(None, v, {})
+    drv.extend_volume(v, 3)
+    assert san.ds[ds(v)].volsize == 3 * GIB
+    (t,) = san.targets.values()
+    assert t.luns[1][1] == 3 * GIB                        # tgtd re-read the size
+
+
+def test_revert(drv, san):
+    v = vol(19, 1)
+    drv.create_volume(v)
+    s = snap(6, v)
+    drv.create_snapshot(s)
+    drv.extend_volume(v, 2)
+    v["size"] = 2
+    drv.revert_to_snapshot(None, v, s)
+    assert san.calls[-4][:2] == ["zfs", "rollback"]
+    assert san.ds[ds(v)].volsize == 2 * GIB               # Cinder's size is kept
+
+
+def test_revert_blocked_by_newer_snapshot_falls_back_to_cinder_generic(drv, san):
+    v, v2 = vol(20), vol(21)
+    drv.create_volume(v)
+    s1 = snap(7, v)
+    drv.create_snapshot(s1)
+    drv.create_cloned_volume(v2, v)                       # newer (deferred) clone snapshot
+    with pytest.raises(NotImplementedError):
+        drv.revert_to_snapshot(None, v, s1)
+
+
+def test_export_records_properties_before_target_and_chap(san, monkeypatch):
+    monkeypatch.setattr(zdriver, "generate_secret", _counter_secret())
+    drv = make_driver(san, use_chap_auth=True, target_port=3261)
+    v = vol(22)
+    drv.create_volume(v)
+    upd = drv.create_export(None, v, {})
+    iqn = PFX + v["name"]
+    props = san.ds[ds(v)].props
+    assert props["zol:iqn"] == iqn and props["zol:lun"] == "1"
+    assert props["zol:initiators"] == "ALL"
+    user, _, secret = props["zol:chap"].partition(":")
+    first_target = next(i for i, c in enumerate(san.calls) if c[:2] == ["zol-wrapper",
+                                                                        "new-target"])
+    last_prop = max(i for i, c in enumerate(san.calls) if c[:2] == ["zfs", "set"])
+    assert last_prop < first_target                       # recorded BEFORE the target
+    (t,) = san.targets.values()
+    assert upd == {"provider_location": f"192.0.2.10:3261,{t.tid} {iqn} 1",
+                   "provider_auth": f"CHAP {user} {secret}"}
+    assert t.accounts == [user] and san.accounts[user] == secret and t.acls == ["ALL"]
+    # ensure_export after a tgtd restart without the SAN's restore: same IQN and CHAP
+    san.targets.clear()
+    san.accounts.clear()
+    v.update(upd)
+    drv.ensure_export(None, v)
+    (t2,) = san.targets.values()
+    assert t2.iqn == iqn and san.accounts == {user: secret}
+    conn = drv.initialize_connection(v, {"initiator": "iqn.x", "ip": "192.0.2.20"})
+    assert conn["driver_volume_type"] == "iscsi"
+    data = conn["data"]
+    assert data["target_portal"] == "192.0.2.10:3261" and data["target_iqn"] == iqn
+    assert data["target_lun"] == 1 and data["auth_method"] == "CHAP"
+    assert data["auth_username"] == user and data["auth_password"] == secret
+    assert data["discard"] is True and data["target_discovered"] is False
+    drv.terminate_connection(v, {"initiator": "iqn.x"})
+    drv.remove_export(None, v)
+    assert san.targets == {} and san.accounts == {}
+    assert not any(k in san.ds[ds(v)].props for k in zdriver.EXPORT_PROPS)
+
+
+def test_restore_exports_on_the_san_uses_the_recorded_properties(drv, san):
+    v = vol(23)
+    drv.create_volume(v)
+    drv.create_export(None, v, {})
+    out = san.restart_tgtd()
+    assert "restored" in out and len(san.targets) == 1
+
+
+def test_secrets_never_logged(san, caplog, monkeypatch):
+    caplog.set_level(logging.DEBUG)
+    monkeypatch.setattr(zdriver, "generate_secret", lambda n=20: "TopSecretValue123456")
+    drv = make_driver(san, use_chap_auth=True)
+    v = vol(24)
+    drv.create_volume(v)
+    upd = drv.create_export(None, v, {})
+    assert "TopSecretValue123456" in upd["provider_auth"]
+    v.update(upd)
+    drv.remove_export(None, v)
+    assert "TopSecretValue123456" not in caplog.text
+
+
+def test_stats_one_command(drv, san):
+    for i in range(3):
+        drv.create_volume(vol(100 + i, 2))
+    n = len(san.calls)
+    st = drv.get_volume_stats(refresh=True)
+    assert len(san.calls) == n + 1
+    assert san.calls[-1][:2] == ["zfs", "list"]
+    pool = st["pools"][0]
+    assert st["storage_protocol"] == "iSCSI" and st["volume_backend_name"] == pool["pool_name"]
+    assert pool["provisioned_capacity_gb"] == 6 and pool["total_volumes"] == 3
+    assert pool["free_capacity_gb"] == round(san.available / GIB, 2)
+    assert pool["total_capacity_gb"] == round((san.available + 212992) / GIB, 2)
+    assert pool["thin_provisioning_support"] and not pool["thick_provisioning_support"]
+    assert pool["multiattach"] and pool["reserved_percentage"] == 0
+    assert pool["max_over_subscription_ratio"] == "20.0"
+    assert drv.get_volume_stats() is st                   # cached until refresh
+
+
+def test_manage_and_unmanage(drv, san):
+    san.execute(["zfs", "create", "-s", "-V", str(3 * GIB - 512), "zol/cinder/legacy"])
+    v = vol(25)
+    ref = {"source-name": "legacy"}
+    assert drv.manage_existing_get_size(v, ref) == 3
+    drv.manage_existing(v, ref)
+    assert ds(v) in san.ds and "zol/cinder/legacy" not in san.ds
+    with pytest.raises(cinder_exception.ManageExistingInvalidReference):
+        drv.manage_existing_get_size(v, {"source-name": "nope"})
+    with pytest.raises(cinder_exception.ManageExistingInvalidReference):
+        drv.manage_existing_get_size(v, {"source-name": "zol/other/x"})
+    with pytest.raises(cinder_exception.ManageExistingInvalidReference):
+        drv.manage_existing_get_size(v, {})
+    san.execute(["zfs", "snapshot", ds(v) + "@before-upgrade"])
+    s = snap(8, v)
+    assert drv.manage_existing_snapshot_get_size(s, {"source-name": "before-upgrade"}) == 3
+    drv.manage_existing_snapshot(s, {"source-name": "before-upgrade"})
+    assert ds(v) + "@" + s["name"] in san.ds
+    drv.unmanage_snapshot(s)
+    drv.unmanage(v)
+    assert ds(v) in san.ds
+    listed = drv.get_manageable_volumes([v], None, 10, 0, ["size"], ["asc"])
+    assert listed[0]["safe_to_manage"] is False and listed[0]["cinder_id"] == v["id"]
+
+
+def test_two_backends_in_one_process(san):
+    thin = make_driver(san, group="zol-thin")
+    thick = make_driver(san, group="zol-thick", zol_parent_dataset="zol/cinder-thick",
+                        san_thin_provision=False)
+    thin.create_volume(vol(26))
+    thick.create_volume(vol(27))
+    assert san.ds["zol/cinder/" + vol(26)["name"]].refreservation == 0
+    assert san.ds["zol/cinder-thick/" + vol(27)["name"]].refreservation > 0
+    assert thin.get_volume_stats(True)["pools"][0]["pool_name"] == "zol-thin"
+    assert thick.get_volume_stats(True)["pools"][0]["thick_provisioning_support"]
+
+
+@pytest.mark.parametrize("overrides,option", [
+    ({"zol_parent_dataset": ""}, "zol_parent_dataset"),
+    ({"zol_parent_dataset": "zol/absent"}, "zol_parent_dataset"),
+    ({"zol_parent_dataset": "zol//bad"}, "zol_parent_dataset"),
+])
+def test_bad_configuration_names_the_option(san, overrides, option):
+    with pytest.raises(cinder_exception.VolumeDriverException) as ei:
+        make_driver(san, **overrides)
+    assert option in str(ei.value)
+
+
+def test_wrapper_refusing_or_wrong_protocol(san):
+    san.protocol_line = "zol-ssh-wrapper 9.0 protocol 2\n"
+    with pytest.raises(cinder_exception.VolumeDriverException) as ei:
+        make_driver(san)
+    assert "protocol 2" in str(ei.value) and "upgrade" in str(ei.value)
+    san.fail_next["zol-wrapper version"] = [(64, "zol-ssh-wrapper: denied: x\n")]
+    with pytest.raises(cinder_exception.VolumeDriverException) as ei:
+        make_driver(san)
+    assert "zol-ssh-wrapper" in str(ei.value)
+
+
+def test_missing_key_and_unknown_host_key(tmp_path):
+    group = f"zol-test-{next(_groups)}"
+    conf = configuration.Configuration(zdriver.driver.volume_opts, config_group=group)
+    conf.append_config_values(zdriver.san.san_opts)
+    conf.append_config_values(opts.zol_opts)
+    for k, v in {"zol_parent_dataset": "zol/cinder", "san_ip": "127.0.0.1"}.items():
+        CONF.set_override(k, v, group=group)
+    drv = zdriver.ZFSonLinuxISCSIDriver(configuration=conf)
+    with pytest.raises(cinder_exception.VolumeDriverException) as ei:
+        drv.do_setup(None)
+    assert "san_private_key" in str(ei.value)
+    key = tmp_path / "key"
+    key.write_text("x")
+    CONF.set_override("san_private_key", str(key), group=group)
+    CONF.set_override("zol_ssh_known_hosts_file", str(tmp_path / "none"), group=group)
+    drv.do_setup(None)
+    with pytest.raises(cinder_exception.VolumeDriverException) as ei:
+        drv.check_for_setup_error()
+    assert "zol_ssh_known_hosts_file" in str(ei.value)
+
+
+# -- the published command set -------------------------------------------------------------------
+
+def _counter_secret():
+    n = itertools.count(1)
+    return lambda length=20: f"Secret{next(n):014d}"[:length]
+
+
+def scenario(san):
+    """Every driver operation and branch once, deterministically."""
+    thin = make_driver(san, use_chap_auth=True)
+    thick = make_driver(san, zol_parent_dataset="zol/cinder-thick", san_thin_provision=False,
+                        zol_volblocksize=16384, zol_clone_mode="copy")
+    for drv in (thin, thick):
+        a, b, c = vol(1001), vol(1002, 2), vol(1003)
+        drv.create_volume(a)
+        s = snap(1001, a)
+        drv.create_snapshot(s)
+        drv.create_volume_from_snapshot(b, s)
+        drv.create_cloned_volume(c, a)
+        a.update(drv.create_export(None, a, {}))
+        drv.initialize_connection(a, {"initiator": "iqn.x"})
+        drv.ensure_export(None, a)
+        drv.extend_volume(a, 2)
+        drv.terminate_connection(a, {"initiator": "iqn.x"})
+        drv.remove_export(None, a)
+        a["size"] = 2
+        try:
+            drv.revert_to_snapshot(None, a, s)
+        except NotImplementedError:
+            pass
+        drv.delete_snapshot(s)
+        drv.delete_volume(a)
+        drv.get_volume_stats(refresh=True)
+        drv.delete_volume(b)
+        drv.delete_volume(c)
+        drv.get_volume_stats(refresh=True)
+        d = vol(1004)
+        drv.create_volume(d)
+        drv.create_snapshot(snap(1004, d))
+        drv.revert_to_snapshot(None, d, snap(1004, d))
+        drv.delete_snapshot(snap(1004, d))
+        drv.delete_volume(d)
+    def setup(argv):  # test setup, not the driver: kept out of the published set
+        san.execute(argv)
+        san.calls.pop()
+
+    setup(["zfs", "create", "-s", "-V", str(GIB), "zol/cinder/legacy"])
+    m = vol(1005)
+    thin.manage_existing_get_size(m, {"source-name": "legacy"})
+    thin.manage_existing(m, {"source-name": "legacy"})
+    setup(["zfs", "snapshot", ds(m) + "@old"])
+    thin.manage_existing_snapshot_get_size(snap(1005, m), {"source-name": "old"})
+    thin.manage_existing_snapshot(snap(1005, m), {"source-name": "old"})
+    thin.get_manageable_volumes([], None, 10, 0, ["size"], ["asc"])
+    thin.delete_snapshot(snap(1005, m))
+    thin.delete_volume(m)
+    thin.delete_volume(vol(1006))
+
+
+def test_driver_argv_fixture_is_current(monkeypatch):
+    monkeypatch.setattr(zdriver, "generate_secret", _counter_secret())
+    san = FakeSan()
+    scenario(san)
+    assert san.names() == [] and san.names("zol/cinder-thick") == []
+    assert san.targets == {} and san.accounts == {}
+    ops = {(c[0], c[1]) for c in san.calls}
+    assert ("zol-wrapper", "copy") in ops and ("zol-wrapper", "new-target") in ops
+    lines = sorted({json.dumps(c) for c in san.calls})
+    text = "".join(line + "\n" for line in lines)
+    if os.environ.get("ZOL_REGEN_DRIVER_ARGV") or not ARGV_FILE.exists():
+        ARGV_FILE.write_text(text)
+    assert ARGV_FILE.read_text() == text, (
+        "tests/fixtures/driver_argv.jsonl is stale: rerun with ZOL_REGEN_DRIVER_ARGV=1")

@@ -1,0 +1,658 @@
+"""Cinder volume driver for zvols on a ZFS-on-Linux SAN, exported with tgt over iSCSI.
+
+This is the only module that imports Cinder.  It maps Cinder's volume/snapshot objects to the
+two helpers (zfs.py: datasets; targets/tgt.py: iSCSI targets) and converts their exceptions
+into Cinder's at this boundary.
+
+ZFS dependencies versus Cinder deletes: a Cinder delete must never fail because ZFS still
+needs an object, and must never destroy a clone's data.  So
+
+* snapshots are always destroyed with ``zfs destroy -d``: immediately when possible, else when
+  their last clone goes (ZFS does it by itself);
+* a volume whose snapshots still have clones is hidden: marked ``zol:deleted=1`` and renamed
+  to ``deleted-volume-<id>``, then garbage collected (by delete_volume of the last dependent
+  clone and by every stats refresh) once nothing depends on it;
+* a clone of a volume uses a temporary snapshot that is deferred-destroyed at once, so it
+  disappears together with the clone;
+* zol_clone_mode = copy makes independent copies (send | recv) instead.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import secrets
+import string
+import threading
+from collections.abc import Callable
+from concurrent import futures
+from typing import Any
+
+from cinder import exception as cinder_exception
+from cinder import interface
+from cinder.common import constants
+from cinder.volume import driver, volume_utils
+from cinder.volume.drivers.san import san
+from oslo_config import cfg
+
+from zol_driver import exception, opts, ssh, zfs
+from zol_driver.targets import tgt
+
+LOG = logging.getLogger(__name__)
+CONF = cfg.CONF
+
+GIB = 1024 ** 3
+LUN = 1
+HIDDEN_PREFIX = "deleted-"
+CLONE_SNAP_PREFIX = "clone-"
+EXPORT_PROPS = ("zol:iqn", "zol:lun", "zol:chap", "zol:initiators")
+STATS_PROPS = ("name", "type", "used", "available", "volsize", "zol:deleted")
+_ALNUM = string.ascii_letters + string.digits
+
+
+def generate_secret(length: int = 20) -> str:
+    """A CHAP secret/user name within the protocol's [A-Za-z0-9]{12,64} (and tgt's rules)."""
+    return "".join(secrets.choice(_ALNUM) for _ in range(length))
+
+
+def _gib_ceil(nbytes: int) -> int:
+    """Bytes -> whole GiB, rounded up (Cinder sizes are integers)."""
+    return -(-int(nbytes) // GIB)
+
+
+def _translate(func: Callable) -> Callable:
+    """Turn zol_driver errors into Cinder's at the boundary (Cinder's own pass through)."""
+
+    @functools.wraps(func)
+    def wrapper(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(self, *args, **kwargs)
+        except exception.ZolException as exc:
+            LOG.error("%s failed: %s", func.__name__, exc)
+            raise cinder_exception.VolumeBackendAPIException(data=str(exc)) from exc
+
+    return wrapper
+
+
+@interface.volumedriver
+class ZFSonLinuxISCSIDriver(driver.ISCSIDriver):
+    """zvols on a remote (or local) ZFS-on-Linux SAN, exported by tgtd over iSCSI.
+
+    Version history:
+        1.0.0 - persistent SSH, wrapper protocol 1, snapshots, clones (clone/copy), extend,
+                revert, manage/unmanage, exports recorded in zol:* properties.
+    """
+
+    VERSION = "1.0.0"
+    CI_WIKI_NAME = "zol-openstack"
+    SUPPORTS_ACTIVE_ACTIVE = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # Tests may inject an Executor (e.g. the fake SAN); production builds it in do_setup.
+        self._injected_executor = kwargs.pop("zol_executor", None)
+        super().__init__(*args, **kwargs)
+        self.configuration.append_config_values(san.san_opts)
+        self.configuration.append_config_values(opts.zol_opts)
+        self.backend_name = (self.configuration.safe_get("volume_backend_name")
+                             or "ZFSonLinux")
+        self.executor: ssh.Executor | None = None
+        self.zfs: zfs.ZfsClient | None = None
+        self.tgt: tgt.TgtAdm | None = None
+        self._pool: futures.ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
+
+    @classmethod
+    def get_driver_options(cls) -> list:
+        names = ("san_ip", "san_login", "san_private_key", "san_ssh_port", "ssh_conn_timeout",
+                 "san_thin_provision", "san_is_local")
+        return [o for o in san.san_opts if o.name in names] + list(opts.zol_opts)
+
+    # -- setup ----------------------------------------------------------------------------------
+
+    def _config_error(self, option: str, reason: str) -> cinder_exception.VolumeDriverException:
+        msg = (f"ZFSonLinuxISCSIDriver backend {self.backend_name}: option {option}: {reason}")
+        LOG.error("%s", msg)
+        return cinder_exception.VolumeDriverException(message=msg)
+
+    def _make_executor(self) -> ssh.Executor:
+        c = self.configuration
+        if c.san_is_local:
+            return ssh.LocalExecutor(c.zol_local_wrapper_command, c.zol_ssh_command_timeout)
+        if not c.san_ip:
+            raise self._config_error("san_ip", "not set: give the SAN's address "
+                                               "(or san_is_local = True)")
+        if not c.san_private_key:
+            raise self._config_error("san_private_key", "not set: give the path of the SSH "
+                                                        "private key whose public key the SAN "
+                                                        "forces through zol-ssh-wrapper")
+        return ssh.SSHExecutor(
+            c.san_ip, c.san_ssh_port, c.san_login, key_filename=c.san_private_key,
+            known_hosts_file=c.zol_ssh_known_hosts_file,
+            strict_host_key_checking=c.zol_ssh_strict_host_key_checking,
+            connect_timeout=c.ssh_conn_timeout, command_timeout=c.zol_ssh_command_timeout,
+            max_sessions=c.zol_ssh_max_sessions, keepalive=c.zol_ssh_keepalive)
+
+    def do_setup(self, context: Any) -> None:
+        c = self.configuration
+        if not c.zol_parent_dataset:
+            raise self._config_error("zol_parent_dataset", "not set: name the ZFS dataset "
+                                                           "that holds this backend's zvols")
+        self.executor = self._injected_executor or self._make_executor()
+        try:
+            self.zfs = zfs.ZfsClient(self.executor, c.zol_parent_dataset,
+                                     busy_retries=c.zol_busy_retries,
+                                     busy_interval=c.zol_busy_retry_interval,
+                                     copy_timeout=c.zol_copy_timeout)
+            self.tgt = tgt.TgtAdm(self.executor, c.target_prefix)
+        except exception.ZolException as exc:
+            raise self._config_error("zol_parent_dataset", str(exc)) from exc
+
+    def check_for_setup_error(self) -> None:
+        c = self.configuration
+        assert self.executor is not None and self.zfs is not None
+        try:
+            version, protocol = ssh.protocol_version(self.executor)
+        except exception.HostKeyError as exc:
+            raise self._config_error("zol_ssh_known_hosts_file", str(exc)) from exc
+        except exception.AuthenticationError as exc:
+            raise self._config_error("san_private_key", str(exc)) from exc
+        except exception.TransportError as exc:
+            raise self._config_error("san_ip", str(exc)) from exc
+        except exception.CommandFailed as exc:
+            raise self._config_error(
+                "san_private_key" if not c.san_is_local else "zol_local_wrapper_command",
+                f"the SAN did not answer `zol-wrapper version` (exit {exc.exit_code}: "
+                f"{exc.stderr.strip()}): install wrappers/zol-ssh-wrapper on the SAN and force "
+                "this key through it in authorized_keys") from exc
+        except exception.ParseError as exc:
+            raise self._config_error("san_private_key", f"the SAN's answer is not the zol "
+                                     f"wrapper's: {exc}") from exc
+        if protocol != opts.PROTOCOL_VERSION:
+            raise self._config_error(
+                "san_ip", f"the SAN wrapper {version} speaks protocol {protocol}, this driver "
+                          f"needs {opts.PROTOCOL_VERSION}: upgrade wrappers/zol-ssh-wrapper")
+        try:
+            found = self.zfs.info(self.zfs.parent, ("name", "type"))
+        except exception.WrapperDenied as exc:
+            raise self._config_error(
+                "zol_parent_dataset", f"{self.zfs.parent} is not one of the wrapper's parents "
+                "(/etc/zol/wrapper.conf `parents`) on the SAN: add it there") from exc
+        except exception.ZolException as exc:
+            raise self._config_error("zol_parent_dataset", str(exc)) from exc
+        if found is None:
+            raise self._config_error(
+                "zol_parent_dataset", f"dataset {self.zfs.parent} does not exist on the SAN: "
+                f"create it (zfs create -p -o mountpoint=none {self.zfs.parent})")
+        LOG.info("ZFS SAN backend %s ready: wrapper %s (protocol %d), parent %s",
+                 self.backend_name, version, protocol, self.zfs.parent)
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    @property
+    def _thin(self) -> bool:
+        return bool(self.configuration.san_thin_provision)
+
+    def _ds(self, volume_name: str) -> str:
+        assert self.zfs is not None
+        return self.zfs.ds(volume_name)
+
+    def _snap(self, snapshot: Any) -> str:
+        return f"{self._ds(snapshot['volume_name'])}@{snapshot['name']}"
+
+    def _iqn(self, volume: Any) -> str:
+        assert self.tgt is not None
+        return self.tgt.iqn(volume["name"])
+
+    def _parallel(self, *calls: Callable[[], Any]) -> list[Any]:
+        """Run independent SAN commands at once as channels of the one connection."""
+        if len(calls) == 1:
+            return [calls[0]()]
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = futures.ThreadPoolExecutor(
+                    max_workers=self.configuration.zol_ssh_max_sessions,
+                    thread_name_prefix="zol-san")
+        fs = [self._pool.submit(c) for c in calls]
+        return [f.result() for f in fs]
+
+    def _target_ip(self) -> str:
+        c = self.configuration
+        ip = c.target_ip_address
+        if not c.san_is_local and c.san_ip and ip == CONF.my_ip:
+            # target_ip_address left at its default ($my_ip = the cinder host): the
+            # targets live on the SAN.
+            ip = c.san_ip
+        return ip
+
+    def _location(self, tid: int, iqn: str, lun: int) -> str:
+        ip = volume_utils.sanitize_host(self._target_ip())
+        return f"{ip}:{self.configuration.target_port},{tid} {iqn} {lun}"
+
+    def _set_size(self, ds: str, size_gb: int, current: int | None) -> None:
+        assert self.zfs is not None
+        if current is None or current < size_gb * GIB:
+            self.zfs.set_volsize(ds, size_gb * GIB)
+
+    def _finish_new_volume(self, ds: str, size_gb: int, current: int | None) -> None:
+        """Thick backends reserve the full size; a larger Cinder size grows the zvol."""
+        assert self.zfs is not None
+        self._set_size(ds, size_gb, current)
+        if not self._thin:
+            self.zfs.set_refreservation(ds, True)
+
+    def _existing_ok(self, ds: str, size_gb: int) -> bool:
+        """Idempotent create: an existing zvol of the same size is success."""
+        assert self.zfs is not None
+        info = self.zfs.info(ds)
+        if info and info["type"] == "volume" and info["volsize"] == size_gb * GIB:
+            LOG.info("%s already exists with %d GiB: nothing to do", ds, size_gb)
+            return True
+        return False
+
+    # -- volumes --------------------------------------------------------------------------------
+
+    @_translate
+    def create_volume(self, volume: Any) -> dict | None:
+        assert self.zfs is not None
+        ds = self._ds(volume["name"])
+        try:
+            self.zfs.create_volume(ds, int(volume["size"]) * GIB, sparse=self._thin,
+                                   blocksize=self.configuration.zol_volblocksize or None)
+        except exception.DatasetExists:
+            if not self._existing_ok(ds, int(volume["size"])):
+                raise
+        return None
+
+    def _clone_from(self, snap: str, ds: str, size_gb: int) -> None:
+        """Make DS a new volume with SNAP's content (clone or independent copy)."""
+        assert self.zfs is not None
+        try:
+            if self.configuration.zol_clone_mode == "copy":
+                self.zfs.copy(snap, ds)
+                # recv brings DS@<snapname> along: an independent copy keeps no snapshot.
+                self.zfs.destroy(f"{ds}@{snap.partition('@')[2]}")
+            else:
+                self.zfs.clone(snap, ds)
+        except exception.DatasetExists:
+            if self._existing_ok(ds, size_gb):
+                return
+            raise
+        src_size = self.zfs.get(snap, ("volsize",)).get("volsize")
+        self._finish_new_volume(ds, size_gb, src_size)
+
+    @_translate
+    def create_volume_from_snapshot(self, volume: Any, snapshot: Any) -> dict | None:
+        # The NEW volume's name (the 2012 driver cloned to the snapshot's name).
+        self._clone_from(self._snap(snapshot), self._ds(volume["name"]), int(volume["size"]))
+        return None
+
+    @_translate
+    def create_cloned_volume(self, volume: Any, src_vref: Any) -> dict | None:
+        assert self.zfs is not None
+        src = self._ds(src_vref["name"])
+        tmp = f"{src}@{CLONE_SNAP_PREFIX}{volume['id']}"
+        try:
+            self.zfs.snapshot(tmp)
+        except exception.DatasetExists:
+            pass
+        try:
+            self._clone_from(tmp, self._ds(volume["name"]), int(volume["size"]))
+        finally:
+            # Clone mode: ZFS keeps it until the clone is deleted; copy mode: gone now.
+            self.zfs.destroy(tmp, deferred=True)
+        return None
+
+    @_translate
+    def delete_volume(self, volume: Any) -> None:
+        assert self.zfs is not None and self.tgt is not None
+        ds = self._ds(volume["name"])
+        rows = self.zfs.tree(ds)
+        chap_user = None
+        if rows and rows[0].get("zol:chap"):
+            chap_user = rows[0]["zol:chap"].partition(":")[0]
+        # The target holds the zvol open ("dataset is busy"): remove it first.
+        self.tgt.unexport(self._iqn(volume), chap_user=chap_user)
+        if not rows:
+            LOG.info("%s does not exist: nothing to delete", ds)
+            return
+        origin = rows[0].get("origin")
+        self._destroy_or_hide(ds, rows)
+        if origin:
+            self._collect(origin.partition("@")[0])
+
+    def _destroy_or_hide(self, ds: str, rows: list[dict]) -> None:
+        """Destroy DS, or hide it when clones still depend on its snapshots."""
+        assert self.zfs is not None
+        pinned = False
+        for snap in rows[1:]:
+            if snap["clones"]:
+                pinned = True
+            elif snap.get("defer_destroy") != "on":
+                self.zfs.destroy(snap["name"], deferred=True)
+        if not pinned:
+            try:
+                self.zfs.destroy(ds)
+                return
+            except exception.DatasetHasChildren:
+                LOG.info("%s gained a dependent clone meanwhile: hiding it", ds)
+        self._hide(ds)
+
+    def _hide(self, ds: str) -> None:
+        assert self.zfs is not None
+        comp = ds.rpartition("/")[2]
+        self.zfs.set_user(ds, "zol:deleted", "1")
+        if not comp.startswith(HIDDEN_PREFIX):
+            hidden = self.zfs.ds(HIDDEN_PREFIX + comp)
+            self.zfs.rename(ds, hidden)
+            LOG.info("%s has snapshots with clones: hidden as %s until they are gone", ds,
+                     hidden)
+
+    def _collect(self, ds: str) -> None:
+        """Garbage-collect a hidden volume (and then its own hidden origin) when unpinned."""
+        assert self.zfs is not None
+        while ds.rpartition("/")[2].startswith(HIDDEN_PREFIX):
+            rows = self.zfs.tree(ds)
+            if not rows or any(r["clones"] for r in rows[1:]):
+                return
+            origin = rows[0].get("origin")
+            for snap in rows[1:]:
+                self.zfs.destroy(snap["name"], deferred=True)
+            try:
+                self.zfs.destroy(ds)
+            except exception.DatasetHasChildren:
+                return
+            LOG.info("garbage collected hidden volume %s", ds)
+            if not origin:
+                return
+            ds = origin.partition("@")[0]
+
+    @_translate
+    def extend_volume(self, volume: Any, new_size: int) -> None:
+        assert self.zfs is not None and self.tgt is not None
+        ds = self._ds(volume["name"])
+        self.zfs.set_volsize(ds, int(new_size) * GIB)
+        # tgtd reads the size when a LUN is created: re-create it so initiators see it.
+        self.tgt.refresh_lun(self._iqn(volume), "/dev/zvol/" + ds, LUN)
+
+    @_translate
+    def revert_to_snapshot(self, context: Any, volume: Any, snapshot: Any) -> None:
+        assert self.zfs is not None and self.tgt is not None
+        ds = self._ds(volume["name"])
+        try:
+            self.zfs.rollback(self._snap(snapshot))
+        except exception.NotMostRecentSnapshot as exc:
+            # A newer ZFS snapshot (kept for a clone) blocks rollback; `-r` would destroy
+            # it.  Cinder then reverts generically (copying the snapshot's data).
+            raise NotImplementedError(str(exc)) from exc
+        # rollback restores the snapshot's volsize; Cinder keeps the volume's size.
+        self._set_size(ds, int(volume["size"]), self.zfs.get(ds, ("volsize",))["volsize"])
+        # Re-open the zvol in tgtd: drops any page cache of the old content.
+        self.tgt.refresh_lun(self._iqn(volume), "/dev/zvol/" + ds, LUN)
+
+    def local_path(self, volume: Any) -> str:
+        """The zvol's device path ON THE SAN (this host has no such device)."""
+        return "/dev/zvol/" + self._ds(volume["name"])
+
+    # -- snapshots ------------------------------------------------------------------------------
+
+    @_translate
+    def create_snapshot(self, snapshot: Any) -> dict | None:
+        assert self.zfs is not None
+        try:
+            self.zfs.snapshot(self._snap(snapshot))
+        except exception.DatasetExists:
+            LOG.info("snapshot %s already exists", self._snap(snapshot))
+        return None
+
+    @_translate
+    def delete_snapshot(self, snapshot: Any) -> None:
+        assert self.zfs is not None
+        # -d: destroyed now, or together with its last clone; never an error for Cinder.
+        self.zfs.destroy(self._snap(snapshot), deferred=True)
+
+    # -- exports --------------------------------------------------------------------------------
+
+    def _chap_for(self, info: dict, volume: Any) -> tgt.Chap | None:
+        c = self.configuration
+        if not c.use_chap_auth:
+            return None
+        if info.get("zol:chap"):
+            user, _, secret = info["zol:chap"].partition(":")
+            return tgt.Chap(user, secret)
+        auth = volume.get("provider_auth") if hasattr(volume, "get") else None
+        if auth:
+            parts = auth.split()
+            if len(parts) == 3 and parts[0] == "CHAP":
+                return tgt.Chap(parts[1], parts[2])
+        if c.chap_username and c.chap_password:
+            return tgt.Chap(c.chap_username, c.chap_password)
+        return tgt.Chap(generate_secret(20), generate_secret(20))
+
+    def _export(self, volume: Any, must_exist: bool) -> dict | None:
+        """Record the export in zol:* properties, then make the target match them."""
+        assert self.zfs is not None and self.tgt is not None
+        ds = self._ds(volume["name"])
+        iqn = self._iqn(volume)
+        info = self.zfs.info(ds)
+        if info is None:
+            if must_exist:
+                raise exception.ExportError(name=ds, iqn=iqn, reason="the zvol does not exist")
+            LOG.warning("ensure_export: %s does not exist on the SAN", ds)
+            return None
+        chap = self._chap_for(info, volume)
+        initiators = list(self.configuration.zol_target_initiators) or ["ALL"]
+        want = {"zol:iqn": iqn, "zol:lun": str(LUN), "zol:initiators": ",".join(initiators)}
+        if chap:
+            want["zol:chap"] = f"{chap.user}:{chap.secret}"
+        calls: list[Callable[[], Any]] = [
+            functools.partial(self.zfs.set_user, ds, k, v)
+            for k, v in want.items() if info.get(k) != v]
+        if not chap and info.get("zol:chap"):
+            calls.append(functools.partial(self.zfs.inherit, ds, "zol:chap"))
+        calls.append(functools.partial(self.zfs.wait_zvol, ds,
+                                       self.configuration.zol_zvol_wait))
+        calls.append(self.tgt.show)
+        targets = self._parallel(*calls)[-1]
+        tid = self.tgt.export(iqn, "/dev/zvol/" + ds, LUN, chap, initiators, targets=targets)
+        update = {"provider_location": self._location(tid, iqn, LUN),
+                  "provider_auth": f"CHAP {chap.user} {chap.secret}" if chap else None}
+        LOG.debug("exported %s as %s (tid %d, chap %s)", ds, iqn, tid,
+                  "on" if chap else "off")
+        return update
+
+    @_translate
+    def create_export(self, context: Any, volume: Any, connector: Any) -> dict:
+        update = self._export(volume, must_exist=True)
+        assert update is not None
+        return update
+
+    @_translate
+    def ensure_export(self, context: Any, volume: Any) -> dict | None:
+        return self._export(volume, must_exist=False)
+
+    @_translate
+    def remove_export(self, context: Any, volume: Any) -> None:
+        assert self.zfs is not None and self.tgt is not None
+        ds = self._ds(volume["name"])
+        info = self.zfs.info(ds)
+        chap_user = None
+        calls: list[Callable[[], Any]] = []
+        if info is not None:
+            if info.get("zol:chap"):
+                chap_user = info["zol:chap"].partition(":")[0]
+            # Forget the export first so a tgtd restart meanwhile cannot bring it back.
+            calls = [functools.partial(self.zfs.inherit, ds, p)
+                     for p in EXPORT_PROPS if info.get(p)]
+        calls.append(self.tgt.show)
+        targets = self._parallel(*calls)[-1]
+        self.tgt.unexport(self._iqn(volume), chap_user=chap_user, targets=targets)
+
+    def initialize_connection(self, volume: Any, connector: Any) -> dict:
+        info = super().initialize_connection(volume, connector)
+        info["driver_volume_type"] = "iscsi"
+        info["data"]["discard"] = True
+        return info
+
+    def terminate_connection(self, volume: Any, connector: Any, **kwargs: Any) -> None:
+        """Targets admit zol_target_initiators (+ per-volume CHAP): nothing per connector."""
+
+    # -- stats ----------------------------------------------------------------------------------
+
+    def get_volume_stats(self, refresh: bool = False) -> dict:
+        if refresh or not self._stats:
+            self._update_volume_stats()
+        return self._stats
+
+    def _update_volume_stats(self) -> None:
+        assert self.zfs is not None
+        c = self.configuration
+        data: dict[str, Any] = {
+            "volume_backend_name": self.backend_name, "vendor_name": "Open Source",
+            "driver_version": self.VERSION, "storage_protocol": constants.ISCSI,
+            "pools": [],
+        }
+        pool: dict[str, Any] = {
+            "pool_name": self.backend_name,
+            "reserved_percentage": c.reserved_percentage,
+            "max_over_subscription_ratio": c.max_over_subscription_ratio,
+            "thin_provisioning_support": self._thin,
+            "thick_provisioning_support": not self._thin,
+            "multiattach": True, "QoS_support": False,
+            "location_info": f"ZFSonLinuxISCSIDriver:{c.san_ip or 'local'}:{self.zfs.parent}",
+            "filter_function": self.get_filter_function(),
+            "goodness_function": self.get_goodness_function(),
+        }
+        try:
+            rows = self.zfs.inventory(STATS_PROPS)
+        except exception.ZolException as exc:
+            LOG.error("Cannot read capacity of %s: %s", self.zfs.parent, exc)
+            pool.update(total_capacity_gb=0, free_capacity_gb=0, provisioned_capacity_gb=0,
+                        backend_state="down")
+            data["pools"].append(pool)
+            self._stats = data
+            return
+        parent = rows[0]
+        volumes = [r for r in rows[1:] if r["type"] == "volume"]
+        visible = [r for r in volumes if not r["zol:deleted"]
+                   and not r["name"].rpartition("/")[2].startswith(HIDDEN_PREFIX)]
+        hidden = [r["name"] for r in volumes if r not in visible]
+        total = (parent["used"] or 0) + (parent["available"] or 0)
+        pool.update(
+            total_capacity_gb=round(total / GIB, 2),
+            free_capacity_gb=round((parent["available"] or 0) / GIB, 2),
+            provisioned_capacity_gb=round(sum(r["volsize"] or 0 for r in visible) / GIB, 2),
+            total_volumes=len(visible), backend_state="up")
+        data["pools"].append(pool)
+        self._stats = data
+        for ds in hidden:
+            try:
+                self._collect(ds)
+            except exception.ZolException as exc:
+                LOG.warning("garbage collection of %s failed (will retry): %s", ds, exc)
+
+    # -- manage / unmanage ----------------------------------------------------------------------
+
+    def _ref_name(self, existing_ref: Any) -> str:
+        if isinstance(existing_ref, dict):
+            name = existing_ref.get("source-name")
+        else:
+            name = existing_ref
+        if not name or not isinstance(name, str):
+            raise cinder_exception.ManageExistingInvalidReference(
+                existing_ref=existing_ref, reason="give {'source-name': '<zvol name>'}")
+        return name
+
+    def _existing_volume(self, existing_ref: Any) -> dict:
+        assert self.zfs is not None
+        name = self._ref_name(existing_ref)
+        ds = name if "/" in name else f"{self.zfs.parent}/{name}"
+        try:
+            self.zfs.check_ds(ds)
+            info = self.zfs.info(ds)
+        except exception.ZolException as exc:
+            raise cinder_exception.ManageExistingInvalidReference(
+                existing_ref=existing_ref, reason=str(exc)) from exc
+        if info is None or info["type"] != "volume":
+            raise cinder_exception.ManageExistingInvalidReference(
+                existing_ref=existing_ref, reason=f"no zvol {ds}")
+        if ds.rpartition("/")[2].startswith(HIDDEN_PREFIX) or info.get("zol:deleted"):
+            raise cinder_exception.ManageExistingInvalidReference(
+                existing_ref=existing_ref, reason="a deleted volume kept for its clones")
+        return info
+
+    @_translate
+    def manage_existing(self, volume: Any, existing_ref: Any) -> dict | None:
+        assert self.zfs is not None
+        info = self._existing_volume(existing_ref)
+        target = self._ds(volume["name"])
+        if info["name"] != target:
+            if info.get("zol:iqn"):
+                raise cinder_exception.ManageExistingInvalidReference(
+                    existing_ref=existing_ref, reason="it is exported (zol:iqn is set)")
+            self.zfs.rename(info["name"], target)
+        return None
+
+    @_translate
+    def manage_existing_get_size(self, volume: Any, existing_ref: Any) -> int:
+        return _gib_ceil(self._existing_volume(existing_ref)["volsize"])
+
+    def unmanage(self, volume: Any) -> None:
+        """Cinder forgets the volume; the zvol stays as it is on the SAN."""
+
+    def _existing_snapshot(self, snapshot: Any, existing_ref: Any) -> dict:
+        assert self.zfs is not None
+        name = self._ref_name(existing_ref)
+        ds = self._ds(snapshot["volume_name"])
+        full = name if "@" in name else f"{ds}@{name}"
+        if full.partition("@")[0] != ds:
+            raise cinder_exception.ManageExistingInvalidReference(
+                existing_ref=existing_ref, reason=f"not a snapshot of {ds}")
+        try:
+            self.zfs.check_snap(full)
+            info = self.zfs.info(full, ("name", "type", "volsize"))
+        except exception.ZolException as exc:
+            raise cinder_exception.ManageExistingInvalidReference(
+                existing_ref=existing_ref, reason=str(exc)) from exc
+        if info is None:
+            raise cinder_exception.ManageExistingInvalidReference(
+                existing_ref=existing_ref, reason=f"no snapshot {full}")
+        return info
+
+    @_translate
+    def manage_existing_snapshot(self, snapshot: Any, existing_ref: Any) -> dict | None:
+        assert self.zfs is not None
+        info = self._existing_snapshot(snapshot, existing_ref)
+        target = self._snap(snapshot)
+        if info["name"] != target:
+            self.zfs.rename(info["name"], target)
+        return None
+
+    @_translate
+    def manage_existing_snapshot_get_size(self, snapshot: Any, existing_ref: Any) -> int:
+        return _gib_ceil(self._existing_snapshot(snapshot, existing_ref)["volsize"])
+
+    def unmanage_snapshot(self, snapshot: Any) -> None:
+        """Cinder forgets the snapshot; it stays on the SAN."""
+
+    @_translate
+    def get_manageable_volumes(self, cinder_volumes: list, marker: Any, limit: Any,
+                               offset: Any, sort_keys: Any, sort_dirs: Any) -> list:
+        assert self.zfs is not None
+        ids = {v["id"] for v in cinder_volumes}
+        entries = []
+        for row in self.zfs.inventory(("name", "type", "volsize", "zol:iqn", "zol:deleted"),
+                                      types=("volume",)):
+            comp = row["name"].rpartition("/")[2]
+            if row["type"] != "volume" or comp.startswith(HIDDEN_PREFIX) or row["zol:deleted"]:
+                continue
+            vid = volume_utils.extract_id_from_volume_name(comp)
+            entry = {"reference": {"source-name": comp},
+                     "size": _gib_ceil(row["volsize"] or 0),
+                     "cinder_id": vid if vid in ids else None, "extra_info": None,
+                     "safe_to_manage": True, "reason_not_safe": None}
+            if vid in ids:
+                entry.update(safe_to_manage=False, reason_not_safe="already managed")
+            elif row["zol:iqn"]:
+                entry.update(safe_to_manage=False, reason_not_safe="exported")
+            entries.append(entry)
+        return volume_utils.paginate_entries_list(entries, marker, limit, offset, sort_keys,
+                                                  sort_dirs)
