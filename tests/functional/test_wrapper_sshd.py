@@ -1,0 +1,189 @@
+"""The wrapper behind a real OpenSSH sshd, reached with paramiko (host key checked).
+
+sshd runs the forced command from authorized_keys (`restrict,from=,command=`) with the client's
+command line in SSH_ORIGINAL_COMMAND, exactly as on the SAN; zfs/tgtadm are fake absolute
+binaries that record their argv, so each test sees what really ran.
+"""
+from __future__ import annotations
+
+import shlex
+import threading
+
+import paramiko
+import pytest
+
+from tests.helpers.fakesan import load_wrapper
+from tests.plugins.sshd import keygen, run_over_ssh
+from zol_driver import exception, ssh
+
+pytestmark = pytest.mark.functional
+
+W = load_wrapper()
+V = "zol/cinder/volume-0b6e8f2a-1111-4c2d-9a1b-3c4d5e6f7a8b"
+PREFIX = "iqn.2010-10.org.openstack:"
+SECRET = "Zq8Rk2Lm9Pw4Xt7Y"
+
+
+@pytest.fixture(scope="module")
+def client(wrapper_sshd):
+    c = wrapper_sshd.client()
+    yield c
+    c.close()
+
+
+@pytest.fixture(autouse=True)
+def _clean(wrapper_sshd):
+    wrapper_sshd.fake.clear()
+    yield
+
+
+def test_allowed_commands_run(wrapper_sshd, client):
+    fake = wrapper_sshd.fake
+    cmds = [["zfs", "version"],
+            ["zfs", "create", "-s", "-V", "1073741824", V],
+            ["zfs", "list", "-H", "-p", "-o", "name,used", "-t", "volume", "-r", "zol/cinder"],
+            ["tgtadm", "--lld", "iscsi", "--mode", "target", "--op", "show"]]
+    for argv in cmds:
+        rc, out, err = run_over_ssh(client, shlex.join(argv))
+        assert rc == 0, err
+    assert fake.executed() == cmds
+    rc, out, _ = run_over_ssh(client, "zol-wrapper version")
+    assert (rc, out) == (0, f"zol-ssh-wrapper {W.VERSION} protocol {W.PROTOCOL}\n")
+
+
+@pytest.mark.parametrize("command,code", [
+    ("sh -c id", 64),
+    ("id", 64),
+    ("zfs destroy -r zol/cinder", 64),
+    ("zfs destroy zol", 64),
+    ("zpool destroy zol", 64),
+    ("zfs list -H -p -o name zol/cinder; id", 64),
+    ("zfs list -H -p -o name $(id)", 64),
+    ("zfs list -H -p -o name `id`", 64),
+    ("zfs version\nid", 64),
+    ("zfs list -H -p -o name zol/cinder/*", 64),
+    ("zfs destroy zol/cinder/../x", 64),
+    (b"zfs destroy zol/cinder/\xff\xfe", 64),
+    ("scp -t /root/.ssh/authorized_keys", 64),
+    ("", 65),
+])
+def test_denied_commands_do_not_run(wrapper_sshd, client, command, code):
+    rc, out, err = run_over_ssh(client, command)
+    assert rc == code, err
+    assert err.startswith("zol-ssh-wrapper: denied: ") and err.count("\n") == 1, err
+    assert out == ""
+    assert wrapper_sshd.fake.executed() == []
+
+
+def test_exit_code_and_stderr_pass_through(wrapper_sshd, client):
+    rc, _, err = run_over_ssh(client, "tgtadm --lld iscsi --mode target --op delete --tid 77")
+    assert rc == 22 and "can't find the target" in err
+
+
+def test_decisions_logged_with_client_address(wrapper_sshd, client):
+    fake = wrapper_sshd.fake
+    before = fake.log_text()
+    run_over_ssh(client, "zfs version")
+    run_over_ssh(client, "zfs destroy -R zol/cinder")
+    run_over_ssh(client, "tgtadm --lld iscsi --mode account --op new --user u1 --password "
+                 + SECRET)
+    new = fake.log_text()[len(before):].splitlines()
+    assert len(new) == 3
+    port = client.get_transport().sock.getsockname()[1]
+    assert all(f"client=127.0.0.1:{port} " in line for line in new), new
+    assert "decision=allowed argv=zfs version" in new[0]
+    assert "decision=denied reason=zfs destroy: argument 2: option '-R'" in new[1]
+    assert "--password '<redacted>'" in new[2]
+    assert SECRET not in fake.log_text()
+
+
+def test_no_shell_no_pty_no_forwarding_no_sftp(wrapper_sshd, client):
+    t = client.get_transport()
+    # interactive session: the forced command runs without SSH_ORIGINAL_COMMAND -> 65
+    chan = t.open_session()
+    chan.settimeout(20)
+    chan.invoke_shell()
+    assert chan.recv_exit_status() == 65
+    chan.close()
+    # restrict: no pty
+    chan = t.open_session()
+    with pytest.raises(paramiko.SSHException):
+        chan.get_pty()
+    chan.close()
+    # restrict: no port forwarding
+    with pytest.raises(paramiko.ChannelException):
+        t.open_channel("direct-tcpip", ("127.0.0.1", wrapper_sshd.port), ("127.0.0.1", 1))
+    # the sftp subsystem becomes the forced command too, which refuses it
+    with pytest.raises(paramiko.SSHException):
+        client.open_sftp()
+    assert wrapper_sshd.fake.executed() == []
+
+
+def test_from_restriction(wrapper_sshd):
+    """A key whose from= does not match the client is refused by sshd itself."""
+    with pytest.raises(paramiko.AuthenticationException):
+        wrapper_sshd.client(key=wrapper_sshd.foreign_key)
+
+
+def test_host_key_checked(wrapper_sshd, tmp_path):
+    """The client refuses a SAN whose host key is not the recorded one."""
+    kind, blob = keygen(tmp_path / "other_key", "impostor").split()[:2]
+    kh = tmp_path / "known_hosts"
+    kh.write_text(f"[127.0.0.1]:{wrapper_sshd.port} {kind} {blob}\n")
+    c = paramiko.SSHClient()
+    c.load_host_keys(str(kh))
+    c.set_missing_host_key_policy(paramiko.RejectPolicy())
+    with pytest.raises(paramiko.BadHostKeyException):
+        c.connect("127.0.0.1", port=wrapper_sshd.port, username="root",
+                  key_filename=str(wrapper_sshd.cinder_key), allow_agent=False,
+                  look_for_keys=False, timeout=20)
+    c.close()
+
+
+def test_concurrent_new_target_over_one_connection(wrapper_sshd, client):
+    """Eight channels multiplexed on one connection (as the driver does) get distinct tids."""
+    results = {}
+
+    def one(i):
+        results[i] = run_over_ssh(client, f"zol-wrapper new-target {PREFIX}mux-{i}")
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert all(r[0] == 0 for r in results.values()), results
+    tids = sorted(int(r[1]) for r in results.values())
+    assert len(set(tids)) == 8
+    state = wrapper_sshd.fake.tgt_state()["targets"]
+    assert {state[str(t)]["iqn"] for t in tids} == {f"{PREFIX}mux-{i}" for i in range(8)}
+
+
+def test_driver_executor_through_sshd(wrapper_sshd):
+    """The driver's own SSHExecutor against this sshd: allowed, and denial classified."""
+    ex = ssh.SSHExecutor("127.0.0.1", port=wrapper_sshd.port, username="root",
+                         key_filename=str(wrapper_sshd.cinder_key),
+                         known_hosts_file=str(wrapper_sshd.known_hosts))
+    try:
+        assert ssh.protocol_version(ex) == (W.VERSION, W.PROTOCOL)
+        assert ex.execute(["zfs", "destroy", V]).exit_code == 0
+        with pytest.raises(exception.WrapperDenied) as ei:
+            ex.execute(["zfs", "destroy", "zol/cinder/a@b@c"])
+        assert ei.value.exit_code == 64
+    finally:
+        ex.close()
+    assert wrapper_sshd.fake.executed() == [["zfs", "destroy", V]]
+
+
+def test_restore_exports_over_ssh(wrapper_sshd, client):
+    fake = wrapper_sshd.fake
+    fake.reset_tgt()
+    fake.set_zfs_get([(V, "zol:iqn", PREFIX + "restored"), (V, "zol:lun", "1"),
+                      (V, "zol:chap", "u9:" + SECRET), (V, "zol:initiators", "ALL")])
+    fake.add_zvol(V)
+    rc, out, err = run_over_ssh(client, "zol-wrapper restore-exports")
+    assert rc == 0, err
+    assert out == f"restored tid=1 iqn={PREFIX}restored lun=1 ds={V} chap=yes\n"
+    assert fake.tgt_state()["targets"]["1"]["accounts"] == ["u9"]
+    fake.set_zfs_get([])
+    fake.reset_tgt()
