@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from image_builder import customize, disk, exception, glance, opts, run, verify
+from image_builder.install.chroot import parse_dpkg_status
 
 LOG = logging.getLogger(__name__)
 
@@ -32,6 +33,7 @@ BARE_STAGES = ("install", "convert", "verify", "hash", "upload", "manifest")
 # Points inside stages where tests inject faults with live resources around them.
 INNER_FAULTS = ("qemu", "upload-kernel", "upload-ramdisk", "upload-root", "installer")
 ARCH_NAMES = {"amd64": "x86_64"}
+
 
 
 class InjectedFault(exception.ImageBuilderError):
@@ -64,6 +66,7 @@ class Settings:
     upload: bool = True
     keep_work: bool = False
     install_timeout: int = 3600
+    source_disk: str | None = None
     glance_endpoint: str | None = None
     glance_token: str | None = None
     glance_cloud: str | None = None
@@ -188,6 +191,8 @@ class Builder:
                     os.replace(boot_files["kernel"], kernel)
                     os.replace(boot_files["ramdisk"], initrd)
                     self.result["kernel_version"] = boot_files["kernel_version"]
+                    installed["packages"] = parse_dpkg_status(
+                        disk.read_text(root, "/var/lib/dpkg/status"))
                 with self.stage("shrink"):
                     self.result["rootfs"] = disk.shrink(root, self.s.fs_slack)
                     final_root = self.out / ("%s.img" % self.name)
@@ -222,9 +227,15 @@ class Builder:
                 run.remove_tree(path)
             elif path.suffix not in (".log",):
                 path.unlink() if path.is_file() else run.remove_tree(path)
+        if self.out.exists() and not any(self.out.iterdir()):
+            self.out.rmdir()
 
     def install(self) -> dict[str, Any]:
         packages = self.s.all_packages
+        if self.s.source_disk:
+            # An installed disk from elsewhere (a previous build, a VM): skip the install.
+            disk.convert(self.s.source_disk, self.work / "disk.qcow2", "qcow2")
+            return {"source_disk": os.path.abspath(self.s.source_disk)}
         if self.s.install_backend == "chroot":
             from image_builder.install import chroot
             return chroot.install(workdir=self.work, release=self.s.release, arch=self.s.arch,

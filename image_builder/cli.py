@@ -34,7 +34,8 @@ OVERRIDES = {
     "verify": ("build", "verify"), "upload": ("build", "upload"),
     "keep_work": ("build", "keep_work"), "fs_slack": ("build", "fs_slack"),
     "verify_disk_size": ("build", "verify_disk_size"),
-    "glance_endpoint": ("glance", "endpoint"), "os_cloud": ("glance", "cloud"),
+    "glance_endpoint": ("glance", "endpoint"),
+    "install_timeout": ("build", "install_timeout"), "os_cloud": ("glance", "cloud"),
     "visibility": ("glance", "visibility"), "reuse": ("glance", "reuse"),
 }
 
@@ -80,6 +81,10 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--verify", action=argparse.BooleanOptionalAction, default=None)
     b.add_argument("--upload", action=argparse.BooleanOptionalAction, default=None)
     b.add_argument("--keep-work", action=argparse.BooleanOptionalAction, default=None)
+    b.add_argument("--install-timeout", type=int, help="seconds")
+    b.add_argument("--from-disk", metavar="DISK",
+                   help="skip the install: use this installed disk (qcow2/raw, root fs on a "
+                        "Linux partition), e.g. a previous build's work/disk.qcow2")
     b.add_argument("--fail-at", help=argparse.SUPPRESS)   # tests: inject a fault
     return p
 
@@ -112,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         conf = load_conf(args)
         settings = build.Settings.from_conf(conf)
+        settings.source_disk = getattr(args, "from_disk", None)
         if args.command == "upload":
             ids = build.publish_existing(args.build_dir, settings)
             print(json.dumps(ids, indent=2))

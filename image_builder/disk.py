@@ -284,6 +284,13 @@ def follow_links(img: str | os.PathLike, path: str, depth: int = 8) -> str:
     raise exception.DiskError(reason="too many symlinks resolving %s" % path)
 
 
+def read_text(img: str | os.PathLike, path: str) -> str:
+    """A small text file from inside the image (debugfs cat; no mount)."""
+    path = follow_links(img, path)
+    text = _debugfs(img, "cat", path)
+    return text
+
+
 def dump_file(img: str | os.PathLike, path: str, out: str | os.PathLike) -> None:
     Path(out).unlink(missing_ok=True)
     text = _debugfs(img, "dump", path, os.fspath(out))

@@ -74,11 +74,15 @@ def install(*, workdir: Path, release: str, arch: str, mirror: str, packages: li
 
 def package_list(tree: Path) -> list[str]:
     """``name=version`` of every installed package (read from the tree's dpkg status)."""
-    status = tree / "var/lib/dpkg/status"
+    return parse_dpkg_status((tree / "var/lib/dpkg/status").read_text())
+
+
+def parse_dpkg_status(text: str) -> list[str]:
+    """``name=version`` of every installed package in a dpkg status file."""
     pkgs = []
     name = version = None
     installed = False
-    for line in status.read_text().splitlines() + [""]:
+    for line in text.splitlines() + [""]:
         if not line:
             if name and version and installed:
                 pkgs.append("%s=%s" % (name, version))

@@ -1,0 +1,123 @@
+"""Preseed rendering, the initrd cpio, the domain XML and console parsing (pure logic)."""
+from __future__ import annotations
+
+import gzip
+import subprocess
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from image_builder import customize
+from image_builder import exception
+from image_builder.install import libvirt as lv
+
+
+def render(**kw):
+    args = dict(release="bookworm", mirror="http://deb.debian.org/debian", hostname="debian",
+                locale="en_US.UTF-8", kernel_package="linux-image-amd64",
+                packages=["openssh-server", "sudo"])
+    args.update(kw)
+    return lv.render_preseed(**args)
+
+
+def test_preseed_has_the_recipe():
+    text = render()
+    lines = set(text.splitlines())
+    assert "d-i mirror/http/hostname string deb.debian.org" in lines
+    assert "d-i mirror/http/directory string /debian" in lines
+    assert "d-i mirror/suite string bookworm" in lines
+    assert "d-i base-installer/kernel/image string linux-image-amd64" in lines
+    assert "tasksel tasksel/first multiselect standard, ssh-server" in lines
+    assert "d-i pkgsel/include string openssh-server sudo" in lines
+    # one primary bootable ext4 partition, no swap; the $ of partman survives templating
+    recipe = next(ln for ln in lines if "expert_recipe" in ln)
+    assert "$primary{ }" in recipe and "$bootable{ }" in recipe and "linux-swap" not in recipe
+    assert "d-i partman-basicfilesystems/no_swap boolean false" in lines
+    assert "d-i passwd/root-password-crypted password !" in lines
+    assert "$" not in text.replace("$primary", "").replace("$bootable", "")
+    assert any(ln.startswith("d-i preseed/late_command string") and "zol-late.sh" in ln
+               for ln in lines)
+
+
+def test_preseed_https_mirror_and_trixie():
+    text = render(mirror="https://mirror.example.org/debian/", release="trixie")
+    assert "d-i mirror/protocol string https" in text
+    assert "d-i mirror/https/hostname string mirror.example.org" in text
+    assert "d-i mirror/suite string trixie" in text
+
+
+@pytest.mark.parametrize("kw", [{"mirror": "ftp://x/debian"}, {"hostname": "a b"},
+                                {"hostname": "x\nd-i preseed/late_command string rm -rf /"},
+                                {"packages": ["ok", "bad;pkg"]}, {"mirror": "http:///nohost"}])
+def test_preseed_rejects_injection(kw):
+    with pytest.raises(exception.ConfigError):
+        render(**kw)
+
+
+def test_late_script_is_valid_sh_and_quotes_values():
+    p = customize.Profile(hostname="web-1", locales=["en_US.UTF-8"], marker="zol-image it's")
+    script = lv.late_script(p)
+    subprocess.run(["sh", "-n"], input=script.encode(), check=True)
+    assert "virtio_balloon" in script and "acpiphp" in script
+    assert "update-initramfs -u -k all" in script and "apt-get clean" in script
+    assert "rm -f /etc/ssh/ssh_host_*" in script
+    assert "'zol-image it'\"'\"'s'" in script
+
+
+def test_cpio_newc_is_readable_by_cpio_tools(tmp_path):
+    data = lv.cpio_newc({"preseed.cfg": (b"d-i x string y\n", 0o644), "a.sh": (b"#!/bin/sh\n",
+                                                                              0o755)})
+    assert data.startswith(b"070701") and b"TRAILER!!!" in data
+    assert len(data) % 4 == 0
+    # round trip through Python's own parser of the format
+    names, pos = [], 0
+    while True:
+        hdr = data[pos:pos + 110]
+        namesize = int(hdr[94:102], 16)
+        filesize = int(hdr[54:62], 16)
+        name = data[pos + 110:pos + 110 + namesize - 1].decode()
+        pos += 110 + namesize
+        pos += (4 - pos % 4) % 4
+        content = data[pos:pos + filesize]
+        pos += filesize + (4 - filesize % 4) % 4
+        if name == "TRAILER!!!":
+            break
+        names.append((name, content, int(hdr[14:22], 16)))
+    assert names == [("a.sh", b"#!/bin/sh\n", 0o100755),
+                     ("preseed.cfg", b"d-i x string y\n", 0o100644)]
+    assert gzip.decompress(gzip.compress(data)) == data
+
+
+def test_domain_xml():
+    xml = lv.domain_xml(name="zol-image-x", domain_type="qemu", memory=1024, vcpus=2,
+                        kernel="/k", initrd="/i&j", cmdline="auto=true --- console=ttyS0",
+                        disk="/d.qcow2", console="/c.log")
+    root = ET.fromstring(xml)
+    assert root.get("type") == "qemu"
+    assert root.findtext("os/initrd") == "/i&j"
+    assert root.findtext("on_reboot") == "destroy"
+    assert root.find("devices/disk/target").get("bus") == "virtio"
+    assert root.find("devices/serial/source").get("path") == "/c.log"
+    kvm = ET.fromstring(lv.domain_xml(name="n", domain_type="kvm", memory=1, vcpus=1,
+                                      kernel="k", initrd="i", cmdline="c", disk="d",
+                                      console="c"))
+    assert kvm.find("cpu").get("mode") == "host-passthrough"
+
+
+def test_console_phases_and_mirror_failures():
+    text = ("Detecting network hardware\nConfiguring the network with DHCP\n"
+            "Checking the Debian archive mirror\nDownload installer components\n")
+    assert lv.phase_of(text) == "download installer components"
+    assert lv.mirror_failure(text) is None
+    assert lv.mirror_failure(text + "Loading apt-mirror-setup failed for unknown reasons") == \
+        "apt-mirror-setup"
+    assert lv.mirror_failure("Bad archive mirror") == ""
+    assert lv.phase_of("nothing yet") is None
+
+
+def test_parse_udeb_index():
+    idx = ("Package: anna\nVersion: 1\nFilename: pool/main/a/anna/anna_1_amd64.udeb\n\n"
+           "Package: partman-ext3\nFilename: pool/main/p/partman-ext3/partman-ext3_112_all.udeb\n")
+    assert lv.parse_udeb_index(idx) == {
+        "anna": "pool/main/a/anna/anna_1_amd64.udeb",
+        "partman-ext3": "pool/main/p/partman-ext3/partman-ext3_112_all.udeb"}
