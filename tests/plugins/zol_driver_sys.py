@@ -3,10 +3,12 @@ cinder key, the wrapper and the persistent SSHExecutor (exactly as cinder-volume
 from __future__ import annotations
 
 import itertools
+import logging
 import uuid
 
 import pytest
 
+LOG = logging.getLogger(__name__)
 _groups = itertools.count()
 
 
@@ -100,15 +102,15 @@ class Objects:
             if drv is not None:
                 try:
                     drv.delete_snapshot(snap)
-                except Exception:  # noqa: BLE001 - cleanup must go on
-                    pass
+                except Exception as exc:  # noqa: BLE001 - cleanup must go on
+                    LOG.warning("cleanup of %s failed: %s", snap["name"], exc)
         for _ in range(2):    # twice: hidden volumes are collected when their clones go
             for drv, vol in reversed(self.volumes):
                 if drv is not None:
                     try:
                         drv.delete_volume(vol)
-                    except Exception:  # noqa: BLE001 - cleanup must go on
-                        pass
+                    except Exception as exc:  # noqa: BLE001 - cleanup must go on
+                        LOG.warning("cleanup of %s failed: %s", vol["name"], exc)
 
 
 def accounts(san_admin) -> set[str]:
