@@ -61,8 +61,10 @@ build_opts = [
                help="Flavor disk size (MiB) the root filesystem is grown to for the boot test."),
     cfg.IntOpt("verify_timeout", default=600, min=10,
                help="Seconds the boot test waits for the login marker."),
-    cfg.StrOpt("verify_marker", default="login:",
-               help="Serial console text that proves the image booted."),
+    cfg.StrOpt("verify_marker", default="",
+               help="Serial console text that proves the image booted; empty: the line "
+                    "'zol-image NAME' that the build writes to /etc/issue (shown by the "
+                    "serial getty), so only this very image can pass."),
     cfg.BoolOpt("upload", default=True, help="Upload the result to Glance."),
     cfg.BoolOpt("keep_work", default=False,
                 help="Keep the intermediate files (tree, disk, raw) for debugging."),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import selectors
 import subprocess
 import time
 from pathlib import Path
@@ -110,13 +111,29 @@ def _run_logged(argv: list[str], log_path: Path, timeout: float, progress) -> No
         deadline = time.monotonic() + timeout
         try:
             assert proc.stdout is not None
-            for raw in proc.stdout:
-                log.write(raw)
-                line = raw.decode("utf-8", "replace").rstrip()
-                if progress and line.startswith(("I: ", "customize: ")):
-                    progress(line)
-                if time.monotonic() > deadline:
-                    raise exception.CommandTimeout(cmd=argv[0], timeout=timeout)
+            os.set_blocking(proc.stdout.fileno(), False)
+            pending = b""
+            with selectors.DefaultSelector() as sel:
+                sel.register(proc.stdout, selectors.EVENT_READ)
+                while True:
+                    # mmdebstrap is silent for minutes while dpkg runs: wake up every second
+                    # so the timeout holds even without output.
+                    if time.monotonic() > deadline:
+                        raise exception.CommandTimeout(cmd=argv[0], timeout=timeout)
+                    if not sel.select(timeout=1.0):
+                        continue
+                    chunk = proc.stdout.read()
+                    if chunk is None:           # spurious wake-up: nothing to read yet
+                        continue
+                    if not chunk:
+                        break
+                    log.write(chunk)
+                    pending += chunk
+                    *lines, pending = pending.split(b"\n")
+                    for raw in lines:
+                        line = raw.decode("utf-8", "replace").rstrip()
+                        if progress and line.startswith(("I: ", "customize: ")):
+                            progress(line)
             rc = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
         except BaseException:
             _terminate(proc)

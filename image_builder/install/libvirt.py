@@ -196,7 +196,7 @@ def domain_xml(*, name: str, domain_type: str, memory: int, vcpus: int, kernel: 
 
 def installer_cmdline(locale: str = "en_US.UTF-8") -> str:
     return ("auto=true priority=critical preseed/file=/preseed.cfg locale=%s "
-            "keymap=us console=ttyS0,115200n8 DEBIAN_FRONTEND=text --- console=ttyS0,115200n8"
+            "keymap=us console=ttyS0,115200n8 --- console=ttyS0,115200n8"
             % locale)
 
 
@@ -300,7 +300,7 @@ def probe_kvm(kernel: str, timeout: float = 25) -> dict:
             result = {"ok": booted, "seconds": round(time.monotonic() - start, 1),
                       "reason": "kernel booted to its panic under KVM" if booted else
                       "qemu -accel kvm exited %s without booting: %s"
-                      % (proc.returncode, text.strip()[-200:])}
+                      % (proc.returncode, (text.strip().splitlines() or [""])[-1][-200:])}
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, 9)
             proc.communicate()
