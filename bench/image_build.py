@@ -1,4 +1,3 @@
-# ruff: noqa: UP031  (the project's convention: %-formatting)
 """Build time and root fs tightness: `zol-image build` versus diskimage-builder, same machine.
 
 Peer: `disk-image-create -a amd64 -t raw baremetal debian-minimal` (DIB from PyPI, its own venv

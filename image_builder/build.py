@@ -1,4 +1,3 @@
-# ruff: noqa: UP031  (the project's convention: %-formatting, as in lazy log args)
 """The pipeline: install -> convert -> kernel -> shrink -> verify -> upload -> manifest.
 
 Each stage is timed and logged; each registers its rollback on an ExitStack, so a failure at

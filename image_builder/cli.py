@@ -1,4 +1,3 @@
-# ruff: noqa: UP031  (the project's convention: %-formatting, as in lazy log args)
 """`zol-image`: build (and verify, and publish) Debian images for OpenStack.
 
     zol-image build [--config-file FILE] [--release trixie] [--no-verify] ...

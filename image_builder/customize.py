@@ -1,4 +1,3 @@
-# ruff: noqa: UP031  (the project's convention: %-formatting, as in lazy log args)
 """The cloud profile: what turns a Debian install into an image nova can instantiate many times.
 
 It runs inside mmdebstrap as an executable --customize-hook (mmdebstrap has /proc, /sys and /dev
@@ -43,7 +42,7 @@ ExecStart=/usr/bin/ssh-keygen -A
 [Install]
 WantedBy=multi-user.target
 """
-INTERFACES = """# Written by zol-image: DHCP on whatever the first NIC is called (ens2, ens3, eth0 ...);
+INTERFACES = """# Written by zol-image: DHCP on whatever the first NIC is called (ens2, eth0 ...);
 # the name depends on the PCI slot nova gives it, so match by pattern, never by name.
 source /etc/network/interfaces.d/*
 

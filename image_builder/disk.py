@@ -1,4 +1,3 @@
-# ruff: noqa: UP031  (the project's convention: %-formatting, as in lazy log args)
 """Disk and filesystem plumbing: partitioned qcow2 in, shrunk root fs + kernel + initrd out.
 
 No loop device and no mount anywhere: partitions are addressed by qemu-img's raw driver
@@ -265,13 +264,16 @@ def extract_partition(disk: str | os.PathLike, part: Partition, out: str | os.Pa
     run.run(["qemu-img", "convert", "-q", "-O", "raw", "json:" + json.dumps(spec), str(out)])
 
 
-def _debugfs(img: str | os.PathLike, command: str, *paths: str) -> str:
-    """One debugfs request; debugfs splits -R on blanks, so paths must not contain any."""
+def _debugfs(img: str | os.PathLike, command: str, *paths: str, stdout_only: bool = False) -> str:
+    """One debugfs request; debugfs splits -R on blanks, so paths must not contain any.
+
+    Errors such as "File not found" go to stderr (with a version banner): callers that parse
+    messages get both streams, callers that read file contents get stdout only."""
     for path in paths:
         if not path or any(c.isspace() or c in "\"'\\" for c in path):
             raise exception.DiskError(reason="unsafe path for debugfs: %r" % path)
     proc = run.run(["debugfs", "-R", " ".join([command, *paths]), str(img)])
-    return proc.stdout + proc.stderr
+    return proc.stdout if stdout_only else proc.stdout + proc.stderr
 
 
 def follow_links(img: str | os.PathLike, path: str, depth: int = 8) -> str:
@@ -287,8 +289,9 @@ def follow_links(img: str | os.PathLike, path: str, depth: int = 8) -> str:
 def read_text(img: str | os.PathLike, path: str) -> str:
     """A small text file from inside the image (debugfs cat; no mount)."""
     path = follow_links(img, path)
-    text = _debugfs(img, "cat", path)
-    return text
+    if "File not found" in _debugfs(img, "stat", path):
+        raise exception.DiskError(reason="%s is not in the image" % path)
+    return _debugfs(img, "cat", path, stdout_only=True)
 
 
 def dump_file(img: str | os.PathLike, path: str, out: str | os.PathLike) -> None:

@@ -1,4 +1,3 @@
-# ruff: noqa: UP031  (the project's convention: %-formatting, as in lazy log args)
 """One exception hierarchy for the image builder.
 
 Every error carries a message template filled from keyword arguments, so the CLI can print one

@@ -1,4 +1,3 @@
-# ruff: noqa: UP031  (the project's convention: %-formatting, as in lazy log args)
 """Publish the triplet (or a BARE image) to Glance v2 through a keystoneauth session.
 
 Order matters: kernel (aki) and ramdisk (ari) first, then the root fs (ami) that points at them
@@ -177,7 +176,7 @@ class Publisher:
             try:
                 self.client.images.delete(image_id)
                 LOG.info("glance: deleted %s (rollback)", image_id)
-            except Exception as exc:  # noqa: BLE001 - keep deleting the others
+            except Exception as exc:
                 if type(exc).__name__ != "HTTPNotFound":
                     LOG.error("glance: could not delete %s during rollback: %s", image_id, exc)
         self.created.clear()

@@ -1,4 +1,3 @@
-# ruff: noqa: UP031  (the project's convention: %-formatting, as in lazy log args)
 """The one place the image builder runs external commands.
 
 Commands are argv lists; they are logged with ``shlex.join`` (for humans to copy) but never

@@ -1,4 +1,3 @@
-# ruff: noqa: UP031  (the project's convention: %-formatting, as in lazy log args)
 """Boot the triplet the way nova's libvirt driver instantiates an AMI, before anyone else does.
 
 nova: copy the root fs, grow the file to the flavor's disk size, e2fsck + resize2fs, then boot

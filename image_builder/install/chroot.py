@@ -1,4 +1,3 @@
-# ruff: noqa: UP031  (the project's convention: %-formatting, as in lazy log args)
 """Install backend 'chroot': mmdebstrap builds the tree on the host, the cloud profile runs as
 its customize hook, then ``mkfs.ext4 -d`` turns the tree into a filesystem sized from its real
 usage, placed as partition 1 of a DOS-labelled qcow2 (the same layout the installer produces).

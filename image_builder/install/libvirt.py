@@ -1,4 +1,3 @@
-# ruff: noqa: UP031  (the project's convention: %-formatting, as in lazy log args)
 """Install backend 'libvirt': the real Debian installer, unattended, in a libvirt guest.
 
 The netboot kernel/initrd (package debian-installer-12-netboot-amd64) boot as a libvirt domain
@@ -213,11 +212,9 @@ def phase_of(text: str) -> str | None:
 def mirror_failure(text: str) -> str | None:
     """The component the installer failed to download, or '' if unnamed; None if no failure."""
     for pattern in MIRROR_FAILURES:
-        m = None
-        for m in pattern.finditer(text):
-            pass
-        if m:
-            return m.groupdict().get("component") or ""
+        matches = list(pattern.finditer(text))
+        if matches:
+            return matches[-1].groupdict().get("component") or ""
     return None
 
 

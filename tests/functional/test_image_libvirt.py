@@ -8,7 +8,6 @@ names the failing download and leaves no domain, disk or qemu process.  The full
 only where a probe shows KVM boots a guest and the mirror serves the installer components; the
 skip reason prints both probe results.
 """
-# ruff: noqa: UP031
 from __future__ import annotations
 
 import gzip

@@ -1,4 +1,3 @@
-# ruff: noqa: UP031  (the project's convention: %-formatting, as in lazy log args)
 """Session fixture: one real Glance 33 (tools/glance-server) for the functional tier.
 
 Used by the image builder tests, by the Cinder tests (volume from image, upload to image) and by

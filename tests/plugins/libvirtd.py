@@ -1,4 +1,3 @@
-# ruff: noqa: UP031  (the project's convention: %-formatting, as in lazy log args)
 """Session fixture: a running libvirtd (+ virtlogd) for the libvirt install backend.
 
 There is no systemd on these machines, so the fixture starts ``virtlogd -d`` and

@@ -1,4 +1,3 @@
-# ruff: noqa: UP031  (the project's convention: %-formatting, as in lazy log args)
 """The cloud profile's file edits and the mmdebstrap/qemu command lines (pure logic)."""
 from __future__ import annotations
 

@@ -7,15 +7,14 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from image_builder import customize
-from image_builder import exception
+from image_builder import customize, exception
 from image_builder.install import libvirt as lv
 
 
 def render(**kw):
-    args = dict(release="bookworm", mirror="http://deb.debian.org/debian", hostname="debian",
-                locale="en_US.UTF-8", kernel_package="linux-image-amd64",
-                packages=["openssh-server", "sudo"])
+    args = {"release": "bookworm", "mirror": "http://deb.debian.org/debian",
+            "hostname": "debian", "locale": "en_US.UTF-8", "kernel_package": "linux-image-amd64",
+            "packages": ["openssh-server", "sudo"]}
     args.update(kw)
     return lv.render_preseed(**args)
 
