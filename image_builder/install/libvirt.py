@@ -57,7 +57,14 @@ PHASES = [
     ("Installing GRUB", "grub"),
     ("Finishing the installation", "finishing"),
 ]
+# The newt UI over the serial console: escape sequences and line-drawing charset switches.
+ANSI = re.compile(r"\x1b(\[[0-9;?]*[A-Za-z]|\([0B])|\x0f|\x0e")
+# GNU screen's status line (window list + clock) is redrawn every minute: not progress.
+SCREEN_STATUS = re.compile(r"\[[^\[\]]*\]\[\s*\w{3} +\d+ +\d\d:\d\d\s*\]")
+RETRIEVING = re.compile(r"Retrieving (?P<component>[a-z0-9][\w.+-]*)")
 MIRROR_FAILURES = [
+    re.compile(r"installer failed to download a file from the mirror", re.IGNORECASE),
+    re.compile(r"Downloading a file failed", re.IGNORECASE),
     re.compile(r"Loading (?P<component>[\w.+-]+) failed", re.IGNORECASE),
     re.compile(r"Failed to load installer component", re.IGNORECASE),
     re.compile(r"Bad archive mirror", re.IGNORECASE),
@@ -214,8 +221,19 @@ def mirror_failure(text: str) -> str | None:
     for pattern in MIRROR_FAILURES:
         matches = list(pattern.finditer(text))
         if matches:
-            return matches[-1].groupdict().get("component") or ""
+            named = matches[-1].groupdict().get("component")
+            if named:
+                return named
+            # "[!!] Download installer components" names no file: the last "Retrieving X"
+            # progress line before the error is the download that failed.
+            retrieving = list(RETRIEVING.finditer(text, 0, matches[-1].start()))
+            return retrieving[-1].group("component") if retrieving else ""
     return None
+
+
+def clean_console(raw: str) -> str:
+    """Console text without escape sequences, so UI titles and messages can be matched."""
+    return ANSI.sub(" ", raw)
 
 
 def parse_udeb_index(text: str) -> dict[str, str]:
@@ -451,10 +469,12 @@ def watch(guest: InstallerDomain, console: Path, *, timeout: float, mirror: str,
     last_size = 0
     phases: dict[str, float] = {}
     while True:
-        text = console.read_text(errors="replace") if console.exists() else ""
+        raw = console.read_text(errors="replace") if console.exists() else ""
+        text = clean_console(raw)
         now = time.monotonic()
-        if len(text) != last_size:
-            last_size, last_change = len(text), now
+        size = len(re.sub(r"\s+", "", SCREEN_STATUS.sub("", text)))
+        if size != last_size:
+            last_size, last_change = size, now
         new_phase = phase_of(text)
         if new_phase and new_phase != phase:
             phase = new_phase

@@ -120,3 +120,16 @@ def test_parse_udeb_index():
     assert lv.parse_udeb_index(idx) == {
         "anna": "pool/main/a/anna/anna_1_amd64.udeb",
         "partman-ext3": "pool/main/p/partman-ext3/partman-ext3_112_all.udeb"}
+
+
+def test_real_installer_console_at_the_mirror_wall():
+    """Verbatim serial console (newt UI through screen) of the bookworm netboot installer
+    reaching this machine's mirror, captured by zol-image under TCG."""
+    from pathlib import Path
+    raw = (Path(__file__).parents[1] / "fixtures" / "installer-mirror-wall.console").read_text(
+        errors="replace")
+    text = lv.clean_console(raw)
+    assert "\x1b" not in text
+    assert lv.phase_of(text) == "download installer components"
+    assert lv.mirror_failure(text) == "apt-mirror-setup"
+    assert lv.mirror_failure(text[:text.find("Download installer components")]) is None
