@@ -114,7 +114,7 @@ class NotMostRecentSnapshot(ZfsError):
     message = "ZFS can only roll back to the most recent snapshot: %(stderr)s"
 
 
-# -- tgt ---------------------------------------------------------------------------------------------
+# -- tgt ------------------------------------------------------------------------------------
 
 class TargetError(CommandFailed):
     message = "tgtadm command %(command)s failed (exit %(exit_code)s): %(stderr)s"

@@ -171,8 +171,8 @@ class SSHExecutor:
             client.close()
             raise exception.HostKeyError(
                 host=self._where, known_hosts=self.known_hosts_file,
-                reason=f"the key offered ({exc.key.get_name()}) differs from the recorded one: possible "
-                       "man-in-the-middle or a reinstalled SAN") from exc
+                reason=f"the key offered ({exc.key.get_name()}) differs from the recorded one: "
+                       "possible man-in-the-middle or a reinstalled SAN") from exc
         except paramiko.SSHException as exc:
             client.close()
             if "not found in known_hosts" in str(exc):

@@ -23,8 +23,12 @@ COMP_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}")
 SIZE_RE = re.compile(r"[1-9][0-9]{0,18}")
 USERVALUE_RE = re.compile(r"[A-Za-z0-9_.:,/=+-]{0,512}")
 BLOCKSIZES = (4096, 8192, 16384, 32768, 65536, 131072)
-ALLOWED_PROPS = frozenset(
-    ["name", "type", "volsize", "used", "available", "referenced", "volblocksize", "refreservation", "reservation", "origin", "clones", "creation", "guid", "written", "usedbysnapshots", "usedbydataset", "usedbychildren", "compressratio", "logicalused", "logicalreferenced", "defer_destroy", "userrefs", "zol:iqn", "zol:lun", "zol:chap", "zol:initiators", "zol:deleted"])
+ALLOWED_PROPS = frozenset((
+    "name", "type", "volsize", "used", "available", "referenced", "volblocksize",
+    "refreservation", "reservation", "origin", "clones", "creation", "guid", "written",
+    "usedbysnapshots", "usedbydataset", "usedbychildren", "compressratio", "logicalused",
+    "logicalreferenced", "defer_destroy", "userrefs", "zol:iqn", "zol:lun", "zol:chap",
+    "zol:initiators", "zol:deleted"))
 USER_PROPS = ("zol:iqn", "zol:lun", "zol:chap", "zol:initiators", "zol:deleted")
 TYPES = frozenset(("volume", "snapshot", "filesystem"))
 NUMERIC_PROPS = frozenset(("volsize", "used", "available", "referenced", "volblocksize",

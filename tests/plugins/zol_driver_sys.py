@@ -12,7 +12,8 @@ LOG = logging.getLogger(__name__)
 _groups = itertools.count()
 
 
-def _driver(sanvm, **overrides):
+def make_driver(sanvm: dict, executor=None, **overrides):
+    """A set-up driver on its own backend section (overrides = cinder.conf values)."""
     from cinder.volume import configuration
     from oslo_config import cfg
 
@@ -35,7 +36,8 @@ def _driver(sanvm, **overrides):
     values.update(overrides)
     for k, v in values.items():
         cfg.CONF.set_override(k, v, group=group)
-    drv = zdriver.ZFSonLinuxISCSIDriver(configuration=conf, host="sys@" + group)
+    drv = zdriver.ZFSonLinuxISCSIDriver(configuration=conf, host="sys@" + group,
+                                        zol_executor=executor)
     drv.do_setup(None)
     drv.check_for_setup_error()
     return drv
@@ -47,7 +49,7 @@ def zol_driver_factory(sanvm):
     made = []
 
     def make(**overrides):
-        drv = _driver(sanvm, **overrides)
+        drv = make_driver(sanvm, **overrides)
         made.append(drv)
         return drv
 
@@ -102,14 +104,14 @@ class Objects:
             if drv is not None:
                 try:
                     drv.delete_snapshot(snap)
-                except Exception as exc:  # noqa: BLE001 - cleanup must go on
+                except Exception as exc:
                     LOG.warning("cleanup of %s failed: %s", snap["name"], exc)
         for _ in range(2):    # twice: hidden volumes are collected when their clones go
             for drv, vol in reversed(self.volumes):
                 if drv is not None:
                     try:
                         drv.delete_volume(vol)
-                    except Exception as exc:  # noqa: BLE001 - cleanup must go on
+                    except Exception as exc:
                         LOG.warning("cleanup of %s failed: %s", vol["name"], exc)
 
 
