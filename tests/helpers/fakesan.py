@@ -53,6 +53,16 @@ FAKE_ZFS = textwrap.dedent('''\
             f.write("%%s %%d\\n" %% (a[1], len(data)))
     elif a[:1] == ["version"]:
         print("zfs-fake-2.1.11")
+    elif a[:1] == ["list"] and "-r" not in a and "-d" not in a:
+        try:
+            missing = open(D + "/zfs_missing").read().split()
+        except OSError:
+            missing = []
+        if a[-1] in missing:
+            sys.stderr.write("cannot open '%%s': dataset does not exist\\n" %% a[-1])
+            sys.exit(1)
+        cols = a[a.index("-o") + 1].split(",")
+        print("\\t".join([a[-1]] + ["-"] * (len(cols) - 1)))
     sys.exit(rc)
 ''')
 
@@ -213,6 +223,10 @@ class FakeSan:
 
     def set_zfs_exit(self, rc: int) -> None:
         (self.root / "zfs_exit").write_text(str(rc))
+
+    def set_missing(self, *names: str) -> None:
+        """Datasets the fake `zfs list NAME` reports as not existing."""
+        (self.root / "zfs_missing").write_text("\n".join(names) + "\n")
 
     def add_zvol(self, ds: str) -> None:
         """Pretend udev created /dev/zvol/<ds>."""
