@@ -18,6 +18,7 @@ import pytest
 from tests.helpers import iscsi
 from tests.helpers.fakesan import load_wrapper
 from tests.plugins.sshd import run_over_ssh, wait_sanvm_ssh
+from zol_driver import sancli
 from zol_driver.targets.tgt import parse_show
 
 pytestmark = pytest.mark.system
@@ -176,6 +177,23 @@ def test_decisions_logged_on_san(cinder, admin):
     log = admin.ok(["tail", "-n", "50", "/var/log/zol-ssh-wrapper.log"])
     line = [x for x in log.splitlines() if "logcheck-" + UID in x][-1]
     assert "client=10.0.2.2:" in line and "decision=denied" in line
+
+
+def test_zol_san_check_against_the_san(sanvm, tmp_path, capsys):
+    """`zol-san check` from this (Cinder) host: every check passes against the real SAN."""
+    conf = tmp_path / "cinder.conf"
+    conf.write_text("[zol1]\n"
+                    f"san_ip = {sanvm['host']}\nsan_ssh_port = {sanvm['ssh_port']}\n"
+                    f"san_login = root\nsan_private_key = {sanvm['keys']['cinder']}\n"
+                    f"zol_ssh_known_hosts_file = {sanvm['known_hosts']}\n"
+                    f"zol_parent_dataset = {sanvm['parents'][0]}\nssh_conn_timeout = 60\n")
+    rc = sancli.main(["check", "--config-file", str(conf), "--backend", "zol1"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert out.count("[ OK ]") == 4
+    conf.write_text(conf.read_text().replace(sanvm["parents"][0], "zol/not-there-" + UID))
+    assert sancli.main(["check", "--config-file", str(conf), "--backend", "zol1"]) == 1
+    assert "[FAIL] the wrapper does not allow zol/not-there-" in capsys.readouterr().out
 
 
 def _export(cinder: SanKey, sanvm: dict) -> tuple[str, int]:
