@@ -177,9 +177,10 @@ def wait_sanvm_ssh(state: dict, timeout: float = 400, since_boot_id: str | None 
     last = ""
     while time.monotonic() < deadline:
         try:
-            r = subprocess.run(sanvm_ssh_argv(state) + [
-                "cat /proc/sys/kernel/random/boot_id && zpool list -H -o health {}".format(state["pool"])], capture_output=True, text=True, timeout=40,
-                stdin=subprocess.DEVNULL, check=False)
+            probe = ("cat /proc/sys/kernel/random/boot_id && zpool list -H -o health "
+                     + state["pool"])
+            r = subprocess.run(sanvm_ssh_argv(state) + [probe], capture_output=True, text=True,
+                               timeout=40, stdin=subprocess.DEVNULL, check=False)
             lines = r.stdout.split()
             if r.returncode == 0 and len(lines) == 2 and lines[1] == "ONLINE" \
                     and lines[0] != since_boot_id:

@@ -687,7 +687,13 @@ def test_restore_exports_failure_is_reported(fake):
 
 
 def test_restore_exports_zfs_failure(fake):
+    """A parent zfs cannot read is reported; the run fails (68) but does not stop there."""
+    fake.set_zfs_get(_export_rows()[:5])
+    fake.add_zvol(V)
     fake.set_zfs_exit(2)
     r = run_wrapper(fake, None, local=["zol-wrapper", "restore-exports"])
     assert r.returncode == W.EXIT_VERB
-    assert r.stderr.decode().startswith("zol-ssh-wrapper: restore-exports: zfs get")
+    out = r.stdout.decode()
+    assert "failed parent=zol/cinder: zfs get" in out
+    assert "failed parent=zol/cinder-thick: zfs get" in out
+    assert "decision=restore failed parent=zol/cinder" in fake.log_text()
