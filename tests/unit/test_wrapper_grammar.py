@@ -697,3 +697,28 @@ def test_restore_exports_zfs_failure(fake):
     assert "failed parent=zol/cinder: zfs get" in out
     assert "failed parent=zol/cinder-thick: zfs get" in out
     assert "decision=restore failed parent=zol/cinder" in fake.log_text()
+
+
+def test_every_decision_goes_to_syslog(fake, monkeypatch):
+    """syslog (facility auth) gets the same one-line decisions as the log file, redacted."""
+    fake.write_conf(syslog=True)
+    opened, sent = [], []
+    monkeypatch.setattr(W._syslog, "openlog", lambda *a: opened.append(a))
+    monkeypatch.setattr(W._syslog, "syslog", lambda prio, msg: sent.append((prio, msg)))
+    monkeypatch.setenv("SSH_CONNECTION", CLIENT)
+    monkeypatch.setenv("SSH_ORIGINAL_COMMAND", "zfs destroy -r zol/cinder")
+    assert W.main([str(fake.conf)]) == W.EXIT_DENIED
+    monkeypatch.setenv("SSH_ORIGINAL_COMMAND", "zol-wrapper version")
+    assert W.main([str(fake.conf)]) == 0
+    monkeypatch.setenv("SSH_ORIGINAL_COMMAND", "tgtadm --lld iscsi --mode account --op new "
+                       "--user u --password " + SECRET + " x")
+    assert W.main([str(fake.conf)]) == W.EXIT_DENIED
+    assert opened and all(o == ("zol-ssh-wrapper", W._syslog.LOG_PID, W._syslog.LOG_AUTH)
+                          for o in opened)
+    assert [p for p, _ in sent] == [W._syslog.LOG_WARNING, W._syslog.LOG_INFO,
+                                    W._syslog.LOG_WARNING]
+    assert sent[0][1].startswith("client=192.0.2.10:40022 decision=denied reason=zfs destroy")
+    assert sent[1][1] == "client=192.0.2.10:40022 decision=allowed argv=zol-wrapper version"
+    assert SECRET not in " ".join(m for _, m in sent)
+    assert [line.split(": ", 1)[1] for line in fake.log_text().splitlines()] \
+        == [m for _, m in sent]
