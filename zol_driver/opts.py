@@ -73,7 +73,7 @@ zol_opts = [
                  default=1.0, min=0,
                  help="Seconds between 'dataset is busy' retries."),
     cfg.IntOpt("zol_zvol_wait",
-               default=30, min=1, max=120,
+               default=120, min=1, max=120,
                help="Seconds to wait for /dev/zvol/... to appear after a zvol is created."),
 ]
 

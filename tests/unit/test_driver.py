@@ -237,8 +237,8 @@ def test_export_records_properties_before_target_and_chap(san, monkeypatch):
     upd = drv.create_export(None, v, {})
     iqn = PFX + v["name"]
     props = san.ds[ds(v)].props
-    assert props["zol:iqn"] == iqn and props["zol:lun"] == "1"
-    assert props["zol:initiators"] == "ALL"
+    assert props["zol:iqn"] == iqn
+    assert "zol:lun" not in props and "zol:initiators" not in props   # defaults: 1, ALL
     user, _, secret = props["zol:chap"].partition(":")
     first_target = next(i for i, c in enumerate(san.calls) if c[:2] == ["zol-wrapper",
                                                                         "new-target"])
@@ -266,6 +266,28 @@ def test_export_records_properties_before_target_and_chap(san, monkeypatch):
     drv.remove_export(None, v)
     assert san.targets == {} and san.accounts == {}
     assert not any(k in san.ds[ds(v)].props for k in zdriver.EXPORT_PROPS)
+
+
+def test_unrecorded_target_does_not_block_delete(drv, san):
+    v = vol(28)
+    drv.create_volume(v)
+    drv.create_export(None, v, {})
+    san.execute(["zfs", "inherit", "zol:iqn", ds(v)])     # remove_export died half way
+    drv.delete_volume(v)
+    assert ds(v) not in san.ds and san.targets == {}
+
+
+def test_initiator_acl_option_is_recorded(san):
+    drv = make_driver(san, zol_target_initiators=["192.0.2.20", "192.0.2.21"])
+    v = vol(29)
+    drv.create_volume(v)
+    drv.create_export(None, v, {})
+    assert san.ds[ds(v)].props["zol:initiators"] == "192.0.2.20,192.0.2.21"
+    (t,) = san.targets.values()
+    assert t.acls == ["192.0.2.20", "192.0.2.21"]
+    drv.remove_export(None, v)
+    assert "zol:initiators" not in san.ds[ds(v)].props
+    drv.delete_volume(v)
 
 
 def test_restore_exports_on_the_san_uses_the_recorded_properties(drv, san):
@@ -398,7 +420,8 @@ def scenario(san):
     """Every driver operation and branch once, deterministically."""
     thin = make_driver(san, use_chap_auth=True)
     thick = make_driver(san, zol_parent_dataset="zol/cinder-thick", san_thin_provision=False,
-                        zol_volblocksize=16384, zol_clone_mode="copy")
+                        zol_volblocksize=16384, zol_clone_mode="copy",
+                        zol_target_initiators=["192.0.2.20", "2001:db8::20"])
     for drv in (thin, thick):
         a, b, c = vol(1001), vol(1002, 2), vol(1003)
         drv.create_volume(a)
