@@ -724,3 +724,24 @@ def test_every_decision_goes_to_syslog(fake, monkeypatch):
     assert SECRET not in " ".join(m for _, m in sent)
     assert [line.split(": ", 1)[1] for line in fake.log_text().splitlines()] \
         == [m for _, m in sent]
+
+
+def test_restore_exports_missing_link_does_not_hold_the_lock(fake, monkeypatch):
+    """A zvol link that never appears fails that export only, and the tgt lock is taken
+    after the wait (Cinder's tgtadm calls are not blocked meanwhile)."""
+    cfg = W.load_config(str(fake.conf))
+    fake.set_zfs_get(_export_rows()[:10])
+    fake.add_zvol(T)                       # V's link never appears
+    monkeypatch.setattr(W, "WAIT_ZVOL_MAX", 0.5)
+    events = []
+    real_take = W.take_lock
+    monkeypatch.setattr(W, "take_lock", lambda c: events.append("lock") or real_take(c))
+    real_wait = W.wait_zvol
+    monkeypatch.setattr(W, "wait_zvol", lambda c, ds, s: events.append("wait") or
+                        real_wait(c, ds, s))
+    rc = W.verb_restore_exports(cfg, W.Log(cfg, "local"))
+    assert rc == W.EXIT_VERB
+    assert events == ["wait", "wait", "lock"]
+    assert [t["iqn"] for t in fake.tgt_state()["targets"].values()] == [
+        "iqn.2010-10.org.openstack:thick"]
+    assert "did not appear" in fake.log_text()
