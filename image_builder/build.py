@@ -264,6 +264,20 @@ class Builder:
         disk.convert(qcow2, out, self.s.format, src_fmt="qcow2")
         return {"disk": out}
 
+    def boot_marker(self, files: dict[str, Path]) -> str:
+        """Our /etc/issue line; an image from --from-disk carries its own build's name."""
+        if self.s.verify_marker or not self.s.source_disk:
+            return self.marker
+        if "root" in files:
+            try:
+                issue = disk.read_text(files["root"], "/etc/issue")
+            except exception.ImageBuilderError:
+                issue = ""
+            m = re.match(r"(zol-image \S+)", issue)
+            if m:
+                return m.group(1)
+        return "login:"
+
     def verify(self, files: dict[str, Path]) -> dict[str, Any]:
         bare = "disk" in files
         return verify.boot(kernel=None if bare else str(files["kernel"]),
@@ -271,7 +285,7 @@ class Builder:
                            root=str(files["disk" if bare else "root"]),
                            workdir=self.work / "verify",
                            flavor_bytes=self.s.verify_disk_size * disk.MIB,
-                           marker=self.marker, timeout=self.s.verify_timeout,
+                           marker=self.boot_marker(files), timeout=self.s.verify_timeout,
                            fmt=self.s.format if bare else "raw", progress=self.progress,
                            on_started=lambda: self.inject("qemu"))
 
