@@ -94,14 +94,14 @@ def make_session(endpoint: str | None = None, token: str | None = None,
                                   verify=not insecure), endpoint
     cloud = cloud or os.environ.get("OS_CLOUD")
     if cloud:
-        try:
-            import openstack.config
-        except ImportError as exc:
-            raise exception.GlanceError(
-                reason="clouds.yaml needs openstacksdk (pip install openstacksdk), or pass "
-                       "--glance-endpoint") from exc
-        region = openstack.config.OpenStackConfig().get_one(cloud=cloud)
-        return region.get_session(), None
+        entry = load_cloud(cloud)
+        auth_type = entry.get("auth_type", "password")
+        loader = loading.get_plugin_loader(auth_type)
+        valid = {o.dest for o in loader.get_options()}
+        auth_opts = {k: v for k, v in entry.get("auth", {}).items() if k in valid}
+        auth = loader.load_from_options(**auth_opts)
+        verify = entry.get("cacert") or entry.get("verify", True)
+        return ks_session.Session(auth=auth, verify=False if insecure else verify), None
     if os.environ.get("OS_AUTH_URL"):
         kwargs = {k[3:].lower(): v for k, v in os.environ.items()
                   if k.startswith("OS_") and v and k[3:].lower() in {
@@ -119,6 +119,27 @@ def make_session(endpoint: str | None = None, token: str | None = None,
     raise exception.GlanceError(
         reason="no Glance credentials: set --glance-endpoint (and token), OS_CLOUD "
                "(clouds.yaml) or OS_AUTH_URL and friends")
+
+
+CLOUDS_YAML = ("clouds.yaml", "~/.config/openstack/clouds.yaml", "/etc/openstack/clouds.yaml")
+
+
+def load_cloud(name: str, paths: tuple[str, ...] = CLOUDS_YAML) -> dict:
+    """One cloud's entry from the first clouds.yaml found (same search order as the
+    openstack CLI), without depending on openstacksdk."""
+    import yaml
+    env = os.environ.get("OS_CLIENT_CONFIG_FILE")
+    for path in ((env,) if env else ()) + paths:
+        path = os.path.expanduser(path)
+        if os.path.exists(path):
+            with open(path) as f:
+                clouds = (yaml.safe_load(f) or {}).get("clouds", {})
+            if name in clouds:
+                return clouds[name]
+            raise exception.GlanceError(reason="cloud %r is not in %s (has: %s)"
+                                        % (name, path, ", ".join(sorted(clouds)) or "none"))
+    raise exception.GlanceError(reason="no clouds.yaml found (looked in %s)"
+                                % ", ".join(((env,) if env else ()) + paths))
 
 
 def make_client(session, endpoint: str | None = None):
