@@ -31,7 +31,10 @@ def test_hash_ignores_dict_order():
     lambda r: r["masked"].pop(),
     lambda r: r["files"]["etc/hostname"].__setitem__(1, "other\n"),
     lambda r: r["files"]["usr/local/sbin/zol-pool-up"].__setitem__(0, 0o700),
-], ids=["package", "zfs-package", "release", "size", "mask", "file-content", "file-mode"])
+    lambda r: r["steps"].insert(-1, 'chroot "$1" apt-get install -y vim-tiny'),
+    lambda r: r["steps"].remove(next(x for x in r["steps"] if "update-initramfs" in x)),
+], ids=["package", "zfs-package", "release", "size", "mask", "file-content", "file-mode",
+        "extra-step", "dropped-step"])
 def test_hash_changes_with_each_part_of_the_recipe(mutate):
     rec = sanvm.recipe()
     changed = copy.deepcopy(rec)
