@@ -46,7 +46,7 @@ class SanAdmin:
     def run(self, argv: list[str], check: bool = True, key: str = "admin",
             timeout: float = 300) -> subprocess.CompletedProcess:
         r = subprocess.run(self.base(key) + [shlex.join(argv)], capture_output=True, text=True,
-                           timeout=timeout, stdin=subprocess.DEVNULL)
+                           timeout=timeout, stdin=subprocess.DEVNULL, check=False)
         if check and r.returncode != 0:
             raise AssertionError("SAN command %s failed (%d): %s"
                                  % (shlex.join(argv), r.returncode, r.stderr.strip()))
@@ -65,11 +65,12 @@ def sanvm(tmp_path_factory):
         yield json.loads((p / "state.json" if p.is_dir() else p).read_text())
         return
     run_dir = tmp_path_factory.mktemp("sanvm")
-    build = subprocess.run([sys.executable, str(SANVM), "build"], capture_output=True, text=True)
+    build = subprocess.run([sys.executable, str(SANVM), "build"], capture_output=True, text=True,
+                           check=False)
     if build.returncode != 0:
         pytest.fail("SAN VM image build failed:\n" + build.stderr[-6000:], pytrace=False)
     r = subprocess.run([sys.executable, str(SANVM), "start", "--run-dir", str(run_dir / "vm")],
-                       capture_output=True, text=True)
+                       capture_output=True, text=True, check=False)
     if r.returncode != 0:
         pytest.fail("SAN VM did not start:\n" + r.stderr[-8000:], pytrace=False)
     state = json.loads(r.stdout)

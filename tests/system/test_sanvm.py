@@ -53,7 +53,8 @@ def test_zvol_exported_with_tgtadm_carries_data_over_iscsi(sanvm, san_admin):
         back = iscsi.read(url, len(data))
         assert iscsi.sha256(back) == iscsi.sha256(data)
         # and the bytes really are on the zvol, not in some cache of the initiator
-        on_san = san_admin.out(["sh", "-c", "head -c %d /dev/zvol/%s | sha256sum" % (len(data), ds)])
+        on_san = san_admin.out(["sh", "-c",
+                                "head -c %d /dev/zvol/%s | sha256sum" % (len(data), ds)])
         assert on_san.split()[0] == iscsi.sha256(data)
     finally:
         san_admin.run(tgt + ["--mode", "target", "--op", "delete", "--force", "--tid", tid],
