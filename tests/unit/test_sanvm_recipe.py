@@ -67,3 +67,10 @@ def test_wrapper_script_is_not_part_of_the_recipe(tmp_path):
 def test_cache_dir_is_named_by_the_hash(tmp_path):
     rec = sanvm.recipe()
     assert sanvm.image_dir(tmp_path, rec).name == "image-" + sanvm.recipe_hash(rec)
+
+
+def test_a_new_build_prunes_images_of_older_recipes_only(tmp_path):
+    for name in ("image-old", "image-new", "run"):
+        (tmp_path / "sanvm" / name).mkdir(parents=True)
+    sanvm.prune(tmp_path, keep=tmp_path / "sanvm" / "image-new")
+    assert sorted(p.name for p in (tmp_path / "sanvm").iterdir()) == ["image-new", "run"]
