@@ -402,7 +402,10 @@ def publish_existing(build_dir: str | os.PathLike, settings: Settings,
     with contextlib.ExitStack() as rollback:
         ids = builder.upload(files, rollback)
         rollback.pop_all()
-    manifest["glance"] = ids
+    # Keep the first upload's record (ids, throughput); log every later publication.
+    manifest.setdefault("publications", []).append(ids)
+    if not ids["reused"] or not manifest.get("glance"):
+        manifest["glance"] = ids
     (build_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True)
                                              + "\n")
     return ids
