@@ -26,3 +26,10 @@ def test_new_options_are_zol_prefixed_and_documented():
     assert group == "backend_defaults"
     for o in options:
         assert o.name.startswith("zol_") and len(o.help) > 20, o.name
+
+
+def test_only_driver_py_imports_cinder():
+    """The storage and target layers must work without Cinder (zol-san check, the bench)."""
+    for name in ("opts", "exception", "ssh", "zfs", "targets/tgt"):
+        text = (REPO / "zol_driver" / (name + ".py")).read_text()
+        assert "import cinder" not in text and "from cinder" not in text, name
