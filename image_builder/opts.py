@@ -102,6 +102,10 @@ libvirt_opts = [
                default="/usr/lib/debian-installer/images/12/amd64/text/"
                        "debian-installer/amd64/initrd.gz",
                help="Debian installer initrd."),
+    cfg.BoolOpt("run_as_root", default=True,
+                help="Run the installer guest's qemu as root:root (a per-domain static DAC "
+                     "label) so build directories below private (0700) parents work; false "
+                     "uses libvirt's qemu user, which must then reach the build directory."),
     cfg.StrOpt("preseed_template",
                help="Preseed template (string.Template); default: the packaged one."),
 ]

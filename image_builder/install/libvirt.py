@@ -159,7 +159,8 @@ def cpio_newc(files: dict[str, tuple[bytes, int]]) -> bytes:
 
 
 def domain_xml(*, name: str, domain_type: str, memory: int, vcpus: int, kernel: str,
-               initrd: str, cmdline: str, disk: str, console: str) -> str:
+               initrd: str, cmdline: str, disk: str, console: str,
+               run_as_root: bool = False) -> str:
     """The installer guest (pure; unit tested).  on_reboot=destroy: the installer's final
     power-off/reboot ends the domain, which is how we know it finished."""
     cpu = "<cpu mode='host-passthrough'/>" if domain_type == "kvm" else \
@@ -179,6 +180,7 @@ def domain_xml(*, name: str, domain_type: str, memory: int, vcpus: int, kernel: 
   <on_poweroff>destroy</on_poweroff>
   <on_reboot>destroy</on_reboot>
   <on_crash>destroy</on_crash>
+  %(seclabel)s
   <devices>
     <disk type='file' device='disk'>
       <driver name='qemu' type='qcow2' cache='unsafe'/>
@@ -197,7 +199,9 @@ def domain_xml(*, name: str, domain_type: str, memory: int, vcpus: int, kernel: 
 </domain>
 """ % {"type": domain_type, "name": escape(name), "memory": memory, "vcpus": vcpus,
        "kernel": escape(kernel), "initrd": escape(initrd), "cmdline": escape(cmdline),
-       "disk": escape(disk), "console": escape(console), "cpu": cpu}
+       "disk": escape(disk), "console": escape(console), "cpu": cpu,
+       "seclabel": "<seclabel type='static' model='dac' relabel='no'><label>+0:+0</label>"
+                   "</seclabel>" if run_as_root else ""}
 
 
 def installer_cmdline(locale: str = "en_US.UTF-8") -> str:
@@ -427,7 +431,7 @@ def install(*, workdir: Path, release: str, mirror: str, packages: list[str],
     xml = domain_xml(name=name, domain_type=domain_type, memory=int(options.get("memory", 1024)),
                      vcpus=int(options.get("vcpus", 2)), kernel=kernel,
                      initrd=str(guest_initrd), cmdline=installer_cmdline(), disk=str(disk),
-                     console=str(console))
+                     console=str(console), run_as_root=bool(options.get("run_as_root", True)))
     (workdir / "domain.xml").write_text(xml)
     try:
         conn = libvirt.open(options.get("uri", "qemu:///system"))

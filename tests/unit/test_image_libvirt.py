@@ -97,6 +97,12 @@ def test_domain_xml():
     assert root.findtext("on_reboot") == "destroy"
     assert root.find("devices/disk/target").get("bus") == "virtio"
     assert root.find("devices/serial/source").get("path") == "/c.log"
+    assert root.find("seclabel") is None
+    as_root = ET.fromstring(lv.domain_xml(name="n", domain_type="qemu", memory=1, vcpus=1,
+                                          kernel="k", initrd="i", cmdline="c", disk="d",
+                                          console="c", run_as_root=True))
+    assert as_root.find("seclabel").get("model") == "dac"
+    assert as_root.findtext("seclabel/label") == "+0:+0"
     kvm = ET.fromstring(lv.domain_xml(name="n", domain_type="kvm", memory=1, vcpus=1,
                                       kernel="k", initrd="i", cmdline="c", disk="d",
                                       console="c"))
