@@ -91,8 +91,11 @@ def cinder(sanvm, admin):
             for t in parse_show(show).values() if t.iqn == sanvm["iqn_prefix"] + IQN_SUFFIX]
     cmds.append(shlex.join(["tgtadm", "--lld", "iscsi", "--mode", "account", "--op", "delete",
                             "--user", CHAP_USER]))
-    cmds += [shlex.join(["zfs", "destroy", "-r", ds]) for ds in (DS, SCRATCH)]
-    admin.run("; ".join(c + " 2>/dev/null" for c in cmds))
+    # tgtd may hold the zvol for a moment after its target is gone ("dataset is busy")
+    cmds += ["for i in $(seq 20); do ! zfs list %s >/dev/null 2>&1 && break; "
+             "zfs destroy -r %s && break; sleep 1; done" % (shlex.quote(ds), shlex.quote(ds))
+             for ds in (DS, SCRATCH)]
+    admin.run("; ".join(c + " 2>/dev/null" for c in cmds), timeout=180)
     left = admin.ok(["zfs", "list", "-H", "-o", "name", "-r", "zol"])
     assert UID not in left, left
 
