@@ -86,6 +86,8 @@ def assert_stopped(state: dict) -> None:
     assert not Path(state["run_dir"]).exists(), "run dir (overlay, pool disk) left behind"
     for port in (state["ssh_port"], state["iscsi_port"]):
         with socket.socket() as s:
+            # TIME_WAIT of closed connections is no leak; a live listener still fails the bind
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind(("127.0.0.1", port))  # raises if qemu still holds the forwarded port
 
 
