@@ -46,6 +46,26 @@ def cinder_client(api_url: str, project_id: str, version: str = API_VERSION):
                            api_version=api_versions.APIVersion(version))
 
 
+def iscsi_write_flushed(url: str, data: bytes, timeout: float = 600) -> None:
+    """Write `data` at offset 0 of the LUN and flush it (SYNCHRONIZE CACHE) before returning.
+
+    tests.helpers.iscsi.write uses qemu-img's default destination cache mode "unsafe", which
+    skips the final flush: tgtd writes buffered into the zvol, so a ZFS snapshot taken right
+    after may not contain the data (measured: a snapshot read back as zeros).  A real guest
+    flushes; so must the tests.
+    """
+    import subprocess
+    import tempfile
+    with tempfile.NamedTemporaryFile(prefix="iscsi-w-") as f:
+        f.write(data)
+        f.flush()
+        r = subprocess.run(["qemu-img", "convert", "-n", "-t", "writeback", "-f", "raw", "-O",
+                            "raw", f.name, url], capture_output=True, text=True,
+                           timeout=timeout, check=False)
+    if r.returncode != 0:
+        raise RuntimeError(f"iSCSI write failed: {r.stderr.strip()}")
+
+
 class CinderStack:
     """A running stack: its state (pids, logs, conf), a client factory and waiting helpers."""
 
