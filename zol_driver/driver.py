@@ -502,8 +502,16 @@ class ZFSonLinuxISCSIDriver(driver.ISCSIDriver):
         info["data"]["discard"] = True
         return info
 
-    def terminate_connection(self, volume: Any, connector: Any, **kwargs: Any) -> None:
-        """Targets admit zol_target_initiators (+ per-volume CHAP): nothing per connector."""
+    def terminate_connection(self, volume: Any, connector: Any, **kwargs: Any) -> bool:
+        """Nothing per connector (targets admit zol_target_initiators + per-volume CHAP).
+
+        Returns whether the export is still shared: Cinder's attachment API calls
+        remove_export only on False (None would leave the target behind until delete).
+        """
+        attachments = getattr(volume, "volume_attachment", None)
+        if attachments is None and isinstance(volume, dict):
+            attachments = volume.get("volume_attachment")
+        return len(attachments or []) > 1
 
     # -- stats ----------------------------------------------------------------------------------
 

@@ -262,7 +262,9 @@ def test_export_records_properties_before_target_and_chap(san, monkeypatch):
     assert data["target_lun"] == 1 and data["auth_method"] == "CHAP"
     assert data["auth_username"] == user and data["auth_password"] == secret
     assert data["discard"] is True and data["target_discovered"] is False
-    drv.terminate_connection(v, {"initiator": "iqn.x"})
+    assert drv.terminate_connection(v, {"initiator": "iqn.x"}) is False
+    shared = dict(v, volume_attachment=[object(), object()])
+    assert drv.terminate_connection(shared, {"initiator": "iqn.x"}) is True
     drv.remove_export(None, v)
     assert san.targets == {} and san.accounts == {}
     assert not any(k in san.ds[ds(v)].props for k in zdriver.EXPORT_PROPS)
