@@ -674,3 +674,27 @@ class ZFSonLinuxISCSIDriver(driver.ISCSIDriver):
             entries.append(entry)
         return volume_utils.paginate_entries_list(entries, marker, limit, offset, sort_keys,
                                                   sort_dirs)
+
+    @_translate
+    def get_manageable_snapshots(self, cinder_snapshots: list, marker: Any, limit: Any,
+                                 offset: Any, sort_keys: Any, sort_dirs: Any) -> list:
+        assert self.zfs is not None
+        ids = {s["id"] for s in cinder_snapshots}
+        entries = []
+        for row in self.zfs.inventory(("name", "volsize", "defer_destroy"),
+                                      types=("snapshot",)):
+            vol, _, name = row["name"].partition("@")
+            comp = vol.rpartition("/")[2]
+            if comp.startswith(HIDDEN_PREFIX) or name.startswith(CLONE_SNAP_PREFIX) or \
+                    row["defer_destroy"] == "on":
+                continue
+            sid = volume_utils.extract_id_from_snapshot_name(name)
+            entry = {"reference": {"source-name": name},
+                     "source_reference": {"source-name": comp},
+                     "size": _gib_ceil(row["volsize"] or 0),
+                     "cinder_id": sid if sid in ids else None, "extra_info": None,
+                     "safe_to_manage": sid not in ids,
+                     "reason_not_safe": "already managed" if sid in ids else None}
+            entries.append(entry)
+        return volume_utils.paginate_entries_list(entries, marker, limit, offset, sort_keys,
+                                                  sort_dirs)

@@ -349,6 +349,11 @@ def test_manage_and_unmanage(drv, san):
     assert drv.manage_existing_snapshot_get_size(s, {"source-name": "before-upgrade"}) == 3
     drv.manage_existing_snapshot(s, {"source-name": "before-upgrade"})
     assert ds(v) + "@" + s["name"] in san.ds
+    snaps = drv.get_manageable_snapshots([s], None, 10, 0, ["size"], ["asc"])
+    assert snaps == [{"reference": {"source-name": s["name"]},
+                      "source_reference": {"source-name": v["name"]}, "size": 3,
+                      "cinder_id": s["id"], "extra_info": None, "safe_to_manage": False,
+                      "reason_not_safe": "already managed"}]
     drv.unmanage_snapshot(s)
     drv.unmanage(v)
     assert ds(v) in san.ds
@@ -466,6 +471,7 @@ def scenario(san):
     thin.manage_existing_snapshot_get_size(snap(1005, m), {"source-name": "old"})
     thin.manage_existing_snapshot(snap(1005, m), {"source-name": "old"})
     thin.get_manageable_volumes([], None, 10, 0, ["size"], ["asc"])
+    thin.get_manageable_snapshots([], None, 10, 0, ["size"], ["asc"])
     thin.delete_snapshot(snap(1005, m))
     thin.delete_volume(m)
     thin.delete_volume(vol(1006))
