@@ -27,6 +27,8 @@ REPO = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("ZOL_CACHE_DIR", Path.home() / ".cache" / "zol-openstack"))
 DIB_VENV = CACHE / "venvs" / "dib"
 MIRROR = os.environ.get("ZOL_DEBIAN_MIRROR", "http://deb.debian.org/debian")
+SECURITY_MIRROR = os.environ.get("ZOL_DEBIAN_SECURITY_MIRROR",
+                                 "http://deb.debian.org/debian-security")
 MIB = 1024 * 1024
 
 
@@ -51,7 +53,8 @@ def build_ours(out: Path) -> tuple[float, Path]:
     start = time.monotonic()
     subprocess.run([sys.executable, "-m", "image_builder.cli", "build", "--output-dir",
                     str(out), "--name", "bench-ours", "--kernel-package", "linux-image-amd64",
-                    "--mirror", MIRROR, "--no-verify", "--no-upload"], check=True,
+                    "--mirror", MIRROR, "--security-mirror", SECURITY_MIRROR, "--no-verify",
+                    "--no-upload"], check=True,
                    stdout=subprocess.DEVNULL)
     return time.monotonic() - start, out / "bench-ours" / "bench-ours.img"
 
@@ -59,7 +62,8 @@ def build_ours(out: Path) -> tuple[float, Path]:
 def build_dib(out: Path) -> tuple[float, Path]:
     exe = ensure_dib()
     env = dict(os.environ, DIB_RELEASE="bookworm", DIB_DEBIAN_COMPONENTS="main",
-               DIB_DISTRIBUTION_MIRROR=MIRROR, TMPDIR=str(out),
+               DIB_DISTRIBUTION_MIRROR=MIRROR, DIB_DEBIAN_SECURITY_MIRROR=SECURITY_MIRROR,
+               TMPDIR=str(out),
                PATH="%s:%s" % (DIB_VENV / "bin", os.environ["PATH"]))
     start = time.monotonic()
     with open(out / "dib.log", "wb") as log:

@@ -39,6 +39,10 @@ class InjectedFault(exception.ImageBuilderError):
     msg_fmt = "injected fault at %(point)s (test)"
 
 
+def _default(name: str):
+    return next(o for o in opts.build_opts if o.dest == name).default
+
+
 @dataclass
 class Settings:
     """Everything a build needs, decoupled from oslo.config so tests can build one directly."""
@@ -46,9 +50,11 @@ class Settings:
     release: str = "bookworm"
     arch: str = "amd64"
     mirror: str = "http://deb.debian.org/debian"
+    security_mirror: str = "http://deb.debian.org/debian-security"
+    updates: bool = True
     disk_size: int = 2048
     kernel_package: str = "linux-image-cloud-amd64"
-    packages: list[str] = field(default_factory=lambda: list(opts.build_opts[5].default))
+    packages: list[str] = field(default_factory=lambda: list(_default("packages")))
     locales: list[str] = field(default_factory=lambda: ["en_US.UTF-8"])
     profile: str = "cloud"
     cloud_init: bool = False
@@ -95,6 +101,7 @@ class Settings:
         b, g, lv = conf.build, conf.glance, conf.libvirt
         return cls(
             release=b.release, arch=b.arch, mirror=b.mirror, disk_size=b.disk_size,
+            security_mirror=b.security_mirror, updates=b.updates,
             kernel_package=b.kernel_package, packages=list(b.packages) + list(b.extra_packages),
             locales=list(b.locales), profile=b.profile, cloud_init=b.cloud_init,
             hostname=b.hostname, name=b.name, output_dir=b.output_dir, format=b.format,
@@ -241,7 +248,9 @@ class Builder:
                                   mirror=self.s.mirror, packages=packages,
                                   profile=self.profile(), disk_mb=self.s.disk_size,
                                   slack=self.s.fs_slack, timeout=self.s.install_timeout,
-                                  progress=self.progress, bootloader=self.s.format != "ami")
+                                  progress=self.progress, bootloader=self.s.format != "ami",
+                                  security_mirror=self.s.security_mirror,
+                                  updates=self.s.updates)
         from image_builder.install import libvirt as lv
         return lv.install(workdir=self.work, release=self.s.release, mirror=self.s.mirror,
                           packages=packages, profile=self.profile(), disk_mb=self.s.disk_size,

@@ -25,6 +25,7 @@ LOG = logging.getLogger(__name__)
 # flag -> (group, option) for overrides; None value means "not given".
 OVERRIDES = {
     "release": ("build", "release"), "arch": ("build", "arch"), "mirror": ("build", "mirror"),
+    "security_mirror": ("build", "security_mirror"), "updates": ("build", "updates"),
     "disk_size": ("build", "disk_size"), "kernel_package": ("build", "kernel_package"),
     "packages": ("build", "packages"), "extra_packages": ("build", "extra_packages"),
     "locales": ("build", "locales"), "profile": ("build", "profile"),
@@ -64,6 +65,9 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--release", choices=opts.RELEASES)
     b.add_argument("--arch", choices=opts.ARCHES)
     b.add_argument("--mirror")
+    b.add_argument("--security-mirror", help="RELEASE-security mirror; '' leaves it out")
+    b.add_argument("--updates", action=argparse.BooleanOptionalAction, default=None,
+                   help="include RELEASE-updates")
     b.add_argument("--disk-size", type=int, help="install disk size in MiB")
     b.add_argument("--kernel-package")
     b.add_argument("--packages", type=csv, help="comma-separated, replaces the default list")

@@ -19,6 +19,11 @@ build_opts = [
                help="Debian architecture of the image."),
     cfg.StrOpt("mirror", default="http://deb.debian.org/debian",
                help="Debian mirror (http or https URL) for the install."),
+    cfg.StrOpt("security_mirror", default="http://deb.debian.org/debian-security",
+               help="Mirror of RELEASE-security (security updates go into the image); empty "
+                    "to leave them out."),
+    cfg.BoolOpt("updates", default=True,
+                help="Include RELEASE-updates (stable updates) from 'mirror'."),
     cfg.IntOpt("disk_size", default=2048, min=256,
                help="Size in MiB of the partitioned disk the system is installed on; the "
                     "AMI root filesystem is shrunk afterwards to the data it holds."),

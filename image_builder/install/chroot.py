@@ -19,9 +19,21 @@ from image_builder import customize, disk, exception, run
 LOG = logging.getLogger(__name__)
 
 
-def mmdebstrap_argv(release: str, arch: str, mirror: str, packages: list[str], tree: str,
-                    hook: str | None) -> list[str]:
-    """The mmdebstrap command (pure; unit tested)."""
+def sources(release: str, mirror: str, security_mirror: str = "",
+            updates: bool = False) -> list[str]:
+    """One-line sources for mmdebstrap: the release, its -updates and -security suites, so the
+    image starts with the fixes a cloud image must carry."""
+    lines = ["deb %s %s main" % (mirror, release)]
+    if updates:
+        lines.append("deb %s %s-updates main" % (mirror, release))
+    if security_mirror:
+        lines.append("deb %s %s-security main" % (security_mirror, release))
+    return lines
+
+
+def mmdebstrap_argv(release: str, arch: str, mirror: str | list[str], packages: list[str],
+                    tree: str, hook: str | None) -> list[str]:
+    """The mmdebstrap command (pure; unit tested); ``mirror`` may be a list of sources."""
     argv = ["mmdebstrap", "--mode=root", "--variant=minbase", "--arch=%s" % arch,
             "--format=directory", "--components=main",
             "--aptopt=Acquire::Retries \"3\"",
@@ -32,12 +44,13 @@ def mmdebstrap_argv(release: str, arch: str, mirror: str, packages: list[str], t
             "--include=%s" % ",".join(sorted(set(packages)))]
     if hook:
         argv.append("--customize-hook=%s" % hook)
-    return argv + [release, tree, mirror]
+    return argv + [release, tree] + ([mirror] if isinstance(mirror, str) else list(mirror))
 
 
 def install(*, workdir: Path, release: str, arch: str, mirror: str, packages: list[str],
             profile: customize.Profile, disk_mb: int, slack: float,
-            timeout: float, progress=None, bootloader: bool = False) -> dict:
+            timeout: float, progress=None, bootloader: bool = False,
+            security_mirror: str = "", updates: bool = False) -> dict:
     """Build ``workdir/disk.qcow2``; return what the manifest needs (package list, sizes)."""
     tree = workdir / "tree"
     run.remove_tree(tree)
@@ -49,7 +62,7 @@ def install(*, workdir: Path, release: str, arch: str, mirror: str, packages: li
     hook.chmod(0o755)
     if bootloader:
         packages = packages + ["grub-pc-bin"]
-    argv = mmdebstrap_argv(release, arch, mirror,
+    argv = mmdebstrap_argv(release, arch, sources(release, mirror, security_mirror, updates),
                            packages + customize.packages_for(profile), str(tree), str(hook))
     log_path = workdir / "mmdebstrap.log"
     _run_logged(argv, log_path, timeout, progress)

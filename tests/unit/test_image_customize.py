@@ -69,6 +69,12 @@ def test_mmdebstrap_argv():
     assert "--customize-hook=/h" in argv
     assert argv[-3:] == ["bookworm", "/t", "http://m/debian"]
     assert all(isinstance(a, str) for a in argv)
+    srcs = chroot.sources("trixie", "http://m/debian", "http://s/debian-security", True)
+    assert srcs == ["deb http://m/debian trixie main", "deb http://m/debian trixie-updates main",
+                    "deb http://s/debian-security trixie-security main"]
+    assert chroot.sources("bookworm", "http://m/d") == ["deb http://m/d bookworm main"]
+    argv = chroot.mmdebstrap_argv("trixie", "amd64", srcs, [], "/t", None)
+    assert argv[-5:] == ["trixie", "/t"] + srcs
 
 
 def test_package_list_reads_dpkg_status(tmp_path):
