@@ -41,12 +41,26 @@ def ensure_dib() -> Path:
     return exe
 
 
+def resize2fs_minimum(img: Path, grow_to: int) -> int:
+    """What `resize2fs -M` reaches for this content: grow a sparse copy to ``grow_to`` (the
+    2 GiB partition of the original recipe), then ask `resize2fs -P` (bytes).  On the image
+    itself -P says nothing useful: it never reports less than the current size."""
+    copy = img.with_suffix(".pcopy")
+    try:
+        subprocess.run(["cp", "--sparse=always", str(img), str(copy)], check=True)
+        disk.grow(copy, max(grow_to, img.stat().st_size))
+        out = subprocess.run(["resize2fs", "-P", str(copy)], capture_output=True, text=True,
+                             check=True).stdout
+        return int(out.strip().rsplit(":", 1)[-1]) * disk.fs_info(copy).block_size
+    finally:
+        copy.unlink(missing_ok=True)
+
+
 def fs_numbers(img: Path) -> dict:
     info = disk.fs_info(img)
-    minimum = int(subprocess.run(["resize2fs", "-P", str(img)], capture_output=True, text=True,
-                                 check=True).stdout.strip().rsplit(":", 1)[-1])
     return {"size": info.size, "used": info.used, "slack": info.slack,
-            "allocated": disk.allocated(img), "resize2fs_min": minimum * info.block_size}
+            "allocated": disk.allocated(img),
+            "resize2fs_min": resize2fs_minimum(img, 2048 * MIB)}
 
 
 def build_ours(out: Path) -> tuple[float, Path]:
