@@ -458,8 +458,7 @@ class ZFSonLinuxISCSIDriver(driver.ISCSIDriver):
                 calls.append(functools.partial(self.zfs.inherit, ds, k))
             elif v is not None and info.get(k) != v:
                 calls.append(functools.partial(self.zfs.set_user, ds, k, v))
-        calls.append(functools.partial(self.zfs.wait_zvol, ds,
-                                       self.configuration.zol_zvol_wait))
+        calls.append(functools.partial(self._wait_zvol, ds))
         calls.append(self.tgt.show)
         targets = self._parallel(*calls)[-1]
         tid = self.tgt.export(iqn, "/dev/zvol/" + ds, LUN, chap, initiators, targets=targets)
@@ -468,6 +467,28 @@ class ZFSonLinuxISCSIDriver(driver.ISCSIDriver):
         LOG.debug("exported %s as %s (tid %d, chap %s)", ds, iqn, tid,
                   "on" if chap else "off")
         return update
+
+    def _wait_zvol(self, ds: str) -> None:
+        """Wait for /dev/zvol/DS; if udev dropped the link, make ZFS announce the zvol again.
+
+        Linux >= 5.13 with OpenZFS 2.1: udev's zvol_id can fail with ERESTARTSYS while other
+        zfs commands run ("zdN: Failed to process device ... error 512", openzfs/zfs#12301)
+        and the link is then never created.  A rename there and back re-creates the minor
+        and its udev event - the only way to replay it within the SAN protocol.
+        """
+        assert self.zfs is not None
+        wait = int(self.configuration.zol_zvol_wait)
+        try:
+            self.zfs.wait_zvol(ds, wait)
+            return
+        except exception.WrapperDenied:
+            raise
+        except exception.ZfsError as exc:
+            LOG.warning("%s; renaming the zvol there and back to replay its udev event", exc)
+        tmp = ds + ".relink"
+        self.zfs.rename(ds, tmp)
+        self.zfs.rename(tmp, ds)
+        self.zfs.wait_zvol(ds, wait)
 
     @_translate
     def create_export(self, context: Any, volume: Any, connector: Any) -> dict:

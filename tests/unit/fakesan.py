@@ -62,6 +62,7 @@ class FakeSan:
         self.lock = threading.RLock()
         self.fail_next: dict[str, list[tuple[int, str]]] = {}   # argv[0:2] key -> answers
         self.busy: set[str] = set()          # datasets reported busy once per entry
+        self.unlinked: set[str] = set()      # zvols whose /dev/zvol link udev dropped
         self.tgtd_up = True
         self._clock = itertools.count(1)
         self.protocol_line = "zol-ssh-wrapper 1.0.0 protocol 1\n"
@@ -245,6 +246,7 @@ class FakeSan:
                 return self._open_err(old)
             if new in self.ds:
                 return (1, "", f"cannot rename to '{new}': dataset already exists\n")
+            self.unlinked.discard(old)           # a rename re-creates the minor
             for n in sorted(self.ds):
                 if n == old or n.startswith(old + "@"):
                     d = self.ds.pop(n)
@@ -395,7 +397,7 @@ class FakeSan:
         if a[0] == "version":
             return (0, self.protocol_line, "")
         if a[0] == "wait-zvol":
-            if a[1] in self.ds:
+            if a[1] in self.ds and a[1] not in self.unlinked:
                 return (0, "", "")
             return (1, "", (f"zol-ssh-wrapper: /dev/zvol/{a[1]} did not appear within "
                            f"{a[2] if len(a) > 2 else 30} s\n"))

@@ -270,6 +270,19 @@ def test_export_records_properties_before_target_and_chap(san, monkeypatch):
     assert not any(k in san.ds[ds(v)].props for k in zdriver.EXPORT_PROPS)
 
 
+def test_export_replays_a_dropped_zvol_link(drv, san):
+    v = vol(30)
+    drv.create_volume(v)
+    san.unlinked.add(ds(v))                               # udev failed (openzfs#12301)
+    drv.create_export(None, v, {})
+    renames = [c for c in san.calls if c[:2] == ["zfs", "rename"]]
+    assert renames == [["zfs", "rename", ds(v), ds(v) + ".relink"],
+                       ["zfs", "rename", ds(v) + ".relink", ds(v)]]
+    assert len(san.targets) == 1
+    drv.remove_export(None, v)
+    drv.delete_volume(v)
+
+
 def test_unrecorded_target_does_not_block_delete(drv, san):
     v = vol(28)
     drv.create_volume(v)
@@ -432,6 +445,7 @@ def scenario(san):
     for drv in (thin, thick):
         a, b, c = vol(1001), vol(1002, 2), vol(1003)
         drv.create_volume(a)
+        san.unlinked.add(drv.zfs.ds(a["name"]))
         s = snap(1001, a)
         drv.create_snapshot(s)
         drv.create_volume_from_snapshot(b, s)
