@@ -21,6 +21,7 @@ from image_builder import disk, exception, run
 LOG = logging.getLogger(__name__)
 
 APPEND = "root=/dev/vda console=ttyS0 rw"
+LOGIN = "login:"
 PANIC_MARKERS = ("Kernel panic", "VFS: Unable to mount root fs",
                  "Gave up waiting for root file system device", "(initramfs)")
 
@@ -78,8 +79,8 @@ def boot(*, kernel: str | None, initrd: str | None, root: str, workdir: Path,
             on_started()
         while True:
             text = console.read_text(errors="replace") if console.exists() else ""
-            if marker in text:
-                break
+            if marker in text and LOGIN in text[text.index(marker):]:
+                break       # our /etc/issue line, then getty's prompt: the system is up
             for bad in PANIC_MARKERS:
                 if bad in text:
                     raise exception.VerifyError(reason="guest failed to boot (%s); console "
