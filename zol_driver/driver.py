@@ -34,7 +34,7 @@ from cinder.volume import driver, volume_utils
 from cinder.volume.drivers.san import san
 from oslo_config import cfg
 
-from zol_driver import exception, opts, ssh, zfs
+from zol_driver import exception, image_transfer, opts, ssh, zfs
 from zol_driver.targets import tgt
 
 LOG = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ def _translate(func: Callable) -> Callable:
 
 
 @interface.volumedriver
-class ZFSonLinuxISCSIDriver(driver.ISCSIDriver):
+class ZFSonLinuxISCSIDriver(image_transfer.LibiscsiImageTransferMixin, driver.ISCSIDriver):
     """zvols on a remote (or local) ZFS-on-Linux SAN, exported by tgtd over iSCSI.
 
     Version history:
@@ -381,6 +381,11 @@ class ZFSonLinuxISCSIDriver(driver.ISCSIDriver):
         self.tgt.refresh_lun(self._iqn(volume), "/dev/zvol/" + ds, LUN)
 
     @_translate
+    def snapshot_revert_use_temp_snapshot(self) -> bool:
+        """No safety snapshot before a revert: it would become the newest ZFS snapshot and
+        `zfs rollback` (without -r, which destroys newer snapshots) would refuse the revert."""
+        return False
+
     def revert_to_snapshot(self, context: Any, volume: Any, snapshot: Any) -> None:
         assert self.zfs is not None and self.tgt is not None
         ds = self._ds(volume["name"])

@@ -43,7 +43,10 @@ def write(url: str, data: bytes, timeout: float = 600) -> None:
         f.flush()
         # qemu-img convert -n writes into the existing target without resizing it; the source
         # must not be larger than the LUN.
-        r = _qemu_img(["convert", "-n", "-f", "raw", "-O", "raw", f.name, url], timeout)
+        # -t writeback: qemu-img's default destination cache mode (unsafe) skips the final
+        # flush, and a ZFS snapshot taken right after would miss the data.
+        r = _qemu_img(["convert", "-n", "-t", "writeback", "-f", "raw", "-O", "raw", f.name,
+                       url], timeout)
     if r.returncode != 0:
         raise RuntimeError("iSCSI write to %s failed: %s" % (url, r.stderr.strip()))
 
