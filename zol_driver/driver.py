@@ -380,12 +380,12 @@ class ZFSonLinuxISCSIDriver(image_transfer.LibiscsiImageTransferMixin, driver.IS
         # tgtd reads the size when a LUN is created: re-create it so initiators see it.
         self.tgt.refresh_lun(self._iqn(volume), "/dev/zvol/" + ds, LUN)
 
-    @_translate
     def snapshot_revert_use_temp_snapshot(self) -> bool:
         """No safety snapshot before a revert: it would become the newest ZFS snapshot and
         `zfs rollback` (without -r, which destroys newer snapshots) would refuse the revert."""
         return False
 
+    @_translate
     def revert_to_snapshot(self, context: Any, volume: Any, snapshot: Any) -> None:
         assert self.zfs is not None and self.tgt is not None
         ds = self._ds(volume["name"])
