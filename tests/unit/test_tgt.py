@@ -68,12 +68,13 @@ def test_export_new_target_argv_and_secret_order():
         ["zol-wrapper", "new-target", IQN1],
         ["tgtadm", "--lld", "iscsi", "--mode", "logicalunit", "--op", "new", "--tid", "1",
          "--lun", "1", "--backing-store", DEV1],
-        ["tgtadm", "--lld", "iscsi", "--mode", "target", "--op", "bind", "--tid", "1",
-         "--initiator-address", "ALL"],
         ["tgtadm", "--lld", "iscsi", "--mode", "account", "--op", "new", "--user", "user1",
          "--password", "Secret1234567890"],
         ["tgtadm", "--lld", "iscsi", "--mode", "account", "--op", "bind", "--tid", "1",
          "--user", "user1"],
+        # the ACL last: bound earlier, it would admit logins without CHAP for a moment
+        ["tgtadm", "--lld", "iscsi", "--mode", "target", "--op", "bind", "--tid", "1",
+         "--initiator-address", "ALL"],
     ]
 
 

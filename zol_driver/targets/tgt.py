@@ -300,12 +300,8 @@ class TgtAdm:
                 raise exception.ExportError(name=path, iqn=iqn,
                                             reason=f"LUN {lun} already serves "
                                                    f"{cur.luns[lun].backing_store}")
-            for addr in initiators:
-                if cur is None or addr not in cur.acls:
-                    try:
-                        self.bind_initiator(tid, addr)
-                    except exception.TargetExists:
-                        pass
+            # CHAP before the initiator ACL: tgtd admits logins as soon as an ACL is bound,
+            # so binding the ACL first would open the LUN without credentials for a moment.
             if chap and (cur is None or chap.user not in cur.accounts):
                 try:
                     self.new_account(chap)
@@ -315,6 +311,12 @@ class TgtAdm:
                     self.bind_account(tid, chap.user)
                 except exception.TargetExists:
                     pass
+            for addr in initiators:
+                if cur is None or addr not in cur.acls:
+                    try:
+                        self.bind_initiator(tid, addr)
+                    except exception.TargetExists:
+                        pass
             return tid
 
     def unexport(self, iqn: str, chap_user: str | None = None,
