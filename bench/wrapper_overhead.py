@@ -41,13 +41,8 @@ def _time_runs(argv: list[str], n: int, env: dict[str, str]) -> list[float]:
 
 
 def _load_wrapper():
-    import importlib.machinery
-    import importlib.util
-    loader = importlib.machinery.SourceFileLoader("zol_ssh_wrapper_bench", str(WRAPPER))
-    spec = importlib.util.spec_from_loader(loader.name, loader)
-    mod = importlib.util.module_from_spec(spec)
-    loader.exec_module(mod)
-    return mod
+    from tests.helpers.scripts import load_script
+    return load_script(WRAPPER, "zol_ssh_wrapper_bench")
 
 
 def run(n: int = 200) -> dict[str, float]:

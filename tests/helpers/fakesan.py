@@ -8,12 +8,12 @@ so the wrapper's tid allocation and restore-exports run against something that c
 """
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
 import json
 import os
 import textwrap
 from pathlib import Path
+
+from tests.helpers.scripts import load_script
 
 PYTHON = "/usr/bin/python3"
 REPO = Path(__file__).resolve().parents[2]
@@ -22,11 +22,7 @@ WRAPPER = REPO / "wrappers" / "zol-ssh-wrapper"
 
 def load_wrapper():
     """The wrapper file as a module (no .py suffix: SourceFileLoader), for in-process tests."""
-    loader = importlib.machinery.SourceFileLoader("zol_ssh_wrapper", str(WRAPPER))
-    spec = importlib.util.spec_from_loader(loader.name, loader)
-    mod = importlib.util.module_from_spec(spec)
-    loader.exec_module(mod)
-    return mod
+    return load_script(WRAPPER, "zol_ssh_wrapper")
 
 FAKE_ZFS = textwrap.dedent('''\
     #!%(python)s -S

@@ -10,14 +10,14 @@ noauth plugin, at a microversion high enough for attachments, revert and message
 """
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
 import json
 import os
 import time
 from pathlib import Path
 
 import pytest
+
+from tests.helpers.scripts import load_script
 
 REPO = Path(__file__).resolve().parents[2]
 CINDER_STACK = REPO / "tools" / "cinder-stack"
@@ -27,11 +27,7 @@ API_VERSION = "3.64"  # attachments (3.27/3.44), revert (3.40), messages (3.3), 
 
 def load_stack_module():
     """tools/cinder-stack as a module (it has no .py suffix: it is a command first)."""
-    loader = importlib.machinery.SourceFileLoader("zol_tools_cinder_stack", str(CINDER_STACK))
-    spec = importlib.util.spec_from_loader(loader.name, loader)
-    mod = importlib.util.module_from_spec(spec)
-    loader.exec_module(mod)
-    return mod
+    return load_script(CINDER_STACK, "zol_tools_cinder_stack")
 
 
 def cinder_client(api_url: str, project_id: str, version: str = API_VERSION):

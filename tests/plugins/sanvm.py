@@ -5,8 +5,6 @@ ZOL_SANVM_STATE=/path/to/run_dir to reuse a VM you started by hand (it is then l
 """
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
 import json
 import os
 import shlex
@@ -17,16 +15,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.scripts import load_script
+
 REPO = Path(__file__).resolve().parents[2]
 SANVM = REPO / "tools" / "sanvm"
 
 
 def load_sanvm_module():
-    loader = importlib.machinery.SourceFileLoader("zol_tools_sanvm", str(SANVM))
-    spec = importlib.util.spec_from_loader(loader.name, loader)
-    mod = importlib.util.module_from_spec(spec)
-    loader.exec_module(mod)
-    return mod
+    return load_script(SANVM, "zol_tools_sanvm")
 
 
 class SanAdmin:
