@@ -57,7 +57,7 @@ class Settings:
     packages: list[str] = field(default_factory=lambda: list(_default("packages")))
     locales: list[str] = field(default_factory=lambda: ["en_US.UTF-8"])
     profile: str = "cloud"
-    cloud_init: bool = False
+    cloud_init: bool = True
     hostname: str = "debian"
     name: str = "debian-{release}-{arch}"
     output_dir: str = "images"
@@ -65,9 +65,11 @@ class Settings:
     install_backend: str = "chroot"
     fs_slack: float = 0.08
     verify: bool = True
-    verify_disk_size: int = 2048
-    verify_timeout: int = 600
+    verify_disk_size: int = 3072
+    verify_timeout: int = 900
     verify_marker: str = ""
+    verify_nic: str = "virtio-net-pci@0x3"
+    verify_memory: int = 1024
     upload: bool = True
     keep_work: bool = False
     install_timeout: int = 3600
@@ -107,7 +109,8 @@ class Settings:
             hostname=b.hostname, name=b.name, output_dir=b.output_dir, format=b.format,
             install_backend=b.install_backend, fs_slack=b.fs_slack, verify=b.verify,
             verify_disk_size=b.verify_disk_size, verify_timeout=b.verify_timeout,
-            verify_marker=b.verify_marker, upload=b.upload, keep_work=b.keep_work,
+            verify_marker=b.verify_marker, verify_nic=b.verify_nic,
+            verify_memory=b.verify_memory, upload=b.upload, keep_work=b.keep_work,
             install_timeout=b.install_timeout, glance_endpoint=g.endpoint,
             glance_token=g.token, glance_cloud=g.cloud, glance_visibility=g.visibility,
             glance_reuse=g.reuse, glance_insecure=g.insecure,
@@ -171,7 +174,11 @@ class Builder:
     def profile(self) -> customize.Profile:
         return customize.Profile(hostname=self.s.hostname, locales=self.s.locales,
                                  cloud_init=self.s.cloud_init, profile=self.s.profile,
-                                 marker=self.marker)
+                                 marker=self.marker, apt_sources=self.apt_sources())
+
+    def apt_sources(self) -> list[str]:
+        return customize.sources(self.s.release, self.s.mirror, self.s.security_mirror,
+                                 self.s.updates)
 
     # ------------------------------------------------------------------ pipeline
     def run(self) -> dict[str, Any]:
@@ -255,7 +262,8 @@ class Builder:
         return lv.install(workdir=self.work, release=self.s.release, mirror=self.s.mirror,
                           packages=packages, profile=self.profile(), disk_mb=self.s.disk_size,
                           timeout=self.s.install_timeout, options=self.s.libvirt,
-                          progress=self.progress, on_started=lambda: self.inject("installer"))
+                          progress=self.progress, on_started=lambda: self.inject("installer"),
+                          security_mirror=self.s.security_mirror, updates=self.s.updates)
 
     def convert(self) -> Path:
         qcow2 = self.work / "disk.qcow2"
@@ -288,19 +296,28 @@ class Builder:
         return "login:"
 
     def verify(self, files: dict[str, Path]) -> dict[str, Any]:
+        """A real launch: nova's disk, boot and config drive; then SSH in and check."""
         bare = "disk" in files
-        return verify.boot(kernel=None if bare else str(files["kernel"]),
-                           initrd=None if bare else str(files["ramdisk"]),
-                           root=str(files["disk" if bare else "root"]),
-                           workdir=self.work / "verify",
-                           flavor_bytes=self.s.verify_disk_size * disk.MIB,
-                           marker=self.boot_marker(files), timeout=self.s.verify_timeout,
-                           fmt=self.s.format if bare else "raw", progress=self.progress,
-                           on_started=lambda: self.inject("qemu"))
+        with_key = self.s.cloud_init and self.s.profile == "cloud"
+        suites = tuple(" %s " % line.split()[2] for line in self.apt_sources()) \
+            if not self.s.source_disk else ()
+        return verify.launch(kernel=None if bare else str(files["kernel"]),
+                             initrd=None if bare else str(files["ramdisk"]),
+                             root=str(files["disk" if bare else "root"]),
+                             root_fmt=self.s.format if bare else "raw",
+                             workdir=self.work / "verify",
+                             flavor_bytes=self.s.verify_disk_size * disk.MIB,
+                             timeout=self.s.verify_timeout, nic=verify.Nic.parse(self.s.verify_nic),
+                             memory=self.s.verify_memory, marker=self.boot_marker(files),
+                             ssh=with_key, apt_suites=suites, progress=self.progress,
+                             on_started=lambda: self.inject("qemu"))
 
     def properties(self) -> dict[str, str]:
-        return {"os_distro": "debian", "os_version": self.s.version,
-                "architecture": ARCH_NAMES.get(self.s.arch, self.s.arch)}
+        props = {"os_distro": "debian", "os_version": self.s.version,
+                 "architecture": ARCH_NAMES.get(self.s.arch, self.s.arch)}
+        if self.s.cloud_init and self.s.profile == "cloud":
+            props["os_admin_user"] = customize.ADMIN_USER
+        return props
 
     def upload(self, files: dict[str, glance.LocalFile],
                rollback: contextlib.ExitStack) -> dict[str, Any]:

@@ -179,7 +179,7 @@ def fs_size_for(usage: TreeUsage, slack: float, block: int = 4096,
     for _ in range(3):     # the journal and inode tables depend on the size itself
         size = data
         journal = 16 * MIB if size < 1024 * MIB else (32 * MIB if size < 2048 * MIB else 64 * MIB)
-        inode_tables = (size / bytes_per_inode) * inode_size
+        inode_tables = max(size / bytes_per_inode, usage.inodes * 1.25 + 1024) * inode_size
         data = usage.bytes * (1.0 + slack) * 1.015 + journal + inode_tables + size * 0.002
     return math.ceil(data / MIB) * MIB
 
@@ -188,6 +188,20 @@ def fs_size_for(usage: TreeUsage, slack: float, block: int = 4096,
 
 def fs_info(img: str | os.PathLike) -> FsInfo:
     return parse_dumpe2fs(run.out(["dumpe2fs", "-h", str(img)]))
+
+
+def inodes_for(usage: TreeUsage, size: int, bytes_per_inode: int = 16384) -> int:
+    """Inode count: ext4's default ratio, but never fewer than the tree needs plus room."""
+    return max(size // bytes_per_inode, math.ceil(usage.inodes * 1.25) + 1024)
+
+
+def mkfs_argv(tree: str | os.PathLike, img: str | os.PathLike, size: int, label: str,
+              inodes: int) -> list[str]:
+    """Always 4 KiB blocks: below 512 MiB mke2fs picks its 'small' type (1 KiB blocks, an inode
+    per 4 KiB), which the size estimate does not assume and a grown root fs would keep."""
+    return ["mkfs.ext4", "-q", "-F", "-L", label, "-m", "0", "-b", "4096", "-I", "256",
+            "-N", str(inodes), "-d", str(tree), "-E", "root_owner=0:0", str(img),
+            "%dk" % (size // 1024)]
 
 
 def mkfs_from_tree(tree: str | os.PathLike, img: str | os.PathLike, slack: float,
@@ -206,8 +220,7 @@ def mkfs_from_tree(tree: str | os.PathLike, img: str | os.PathLike, slack: float
         if img.exists():
             img.unlink()
         try:
-            run.run(["mkfs.ext4", "-q", "-F", "-L", label, "-m", "0", "-d", str(tree),
-                     "-E", "root_owner=0:0", str(img), "%dk" % (size // 1024)])
+            run.run(mkfs_argv(tree, img, size, label, inodes_for(usage, size)))
             break
         except exception.CommandError:
             if attempt == 5:

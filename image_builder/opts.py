@@ -31,11 +31,11 @@ build_opts = [
                help="Kernel package; linux-image-cloud-amd64 is smaller and boots faster on "
                     "virtio clouds, linux-image-amd64 supports any hardware."),
     cfg.ListOpt("packages",
-                default=["openssh-server", "ifupdown", "isc-dhcp-client", "netbase",
-                         "iproute2", "systemd-sysv", "udev", "kmod", "sudo", "less",
-                         "ca-certificates"],
-                help="Packages installed on top of the minimal base (the 'standard system "
-                     "and SSH server' of the original recipe)."),
+                default=["openssh-server", "netbase", "iproute2", "systemd-sysv", "udev", "kmod",
+                         "sudo", "less", "ca-certificates"],
+                help="Packages installed on top of the minimal base; the 'cloud' profile adds "
+                     "its own (cloud-init, systemd-resolved, systemd-timesyncd, "
+                     "qemu-guest-agent, cloud-guest-utils)."),
     cfg.ListOpt("extra_packages", default=[],
                 help="More packages, added to 'packages' (handy on the command line)."),
     cfg.ListOpt("locales", default=["en_US.UTF-8"],
@@ -43,9 +43,11 @@ build_opts = [
     cfg.StrOpt("profile", default="cloud", choices=("cloud", "none"),
                help="Configuration profile: 'cloud' (virtio modules, initramfs, cleanup for "
                     "instances) or 'none' (plain install)."),
-    cfg.BoolOpt("cloud_init", default=False,
-                help="Install and enable cloud-init (else the image relies on nova's file "
-                     "injection)."),
+    cfg.BoolOpt("cloud_init", default=True,
+                help="Install and enable cloud-init (datasources ConfigDrive, OpenStack, "
+                     "NoCloud; user 'debian' gets the instance's key and sudo).  Without it "
+                     "nobody can log in unless nova injects root's key (inject_key=True, "
+                     "inject_partition=-1): see doc/image-builder.md."),
     cfg.StrOpt("hostname", default="debian", help="Hostname written into the image."),
     cfg.StrOpt("name", default="debian-{release}-{arch}",
                help="Image name; {release}, {version} and {arch} are substituted."),
@@ -62,14 +64,22 @@ build_opts = [
                       "data it holds (nova grows it to the flavor size at boot)."),
     cfg.BoolOpt("verify", default=True,
                 help="Boot the result the way nova does before publishing it."),
-    cfg.IntOpt("verify_disk_size", default=2048, min=256,
-               help="Flavor disk size (MiB) the root filesystem is grown to for the boot test."),
-    cfg.IntOpt("verify_timeout", default=600, min=10,
-               help="Seconds the boot test waits for the login marker."),
+    cfg.IntOpt("verify_disk_size", default=3072, min=256,
+               help="Flavor root disk (MiB) of the test launch: the instance disk is a qcow2 "
+                    "overlay of this size and the guest must grow its root to it (BARE: "
+                    "larger than disk_size, so the partition grows too)."),
+    cfg.IntOpt("verify_timeout", default=900, min=10,
+               help="Seconds the test launch may take to let the SSH key in (TCG: minutes)."),
+    cfg.StrOpt("verify_nic", default="virtio-net-pci@0x3",
+               help="NIC of the test launch as MODEL@PCI_SLOT (virtio-net-pci, e1000; slot "
+                    "0x3-0x1f): the image must configure it whatever its name."),
+    cfg.IntOpt("verify_memory", default=1024, min=256,
+               help="Memory (MiB) of the test launch (cloud-init needs ~512)."),
     cfg.StrOpt("verify_marker", default="",
                help="Serial console text that proves the image booted; empty: the line "
                     "'zol-image NAME' that the build writes to /etc/issue (shown by the "
-                    "serial getty), so only this very image can pass."),
+                    "serial getty).  Images without cloud-init are verified by this marker "
+                    "only (no key reaches them)."),
     cfg.BoolOpt("upload", default=True, help="Upload the result to Glance."),
     cfg.BoolOpt("keep_work", default=False,
                 help="Keep the intermediate files (tree, disk, raw) for debugging."),
@@ -100,13 +110,16 @@ libvirt_opts = [
     cfg.IntOpt("memory", default=1024, min=256, help="Installer guest memory (MiB)."),
     cfg.IntOpt("vcpus", default=2, min=1, help="Installer guest vCPUs."),
     cfg.StrOpt("installer_kernel",
-               default="/usr/lib/debian-installer/images/12/amd64/text/"
+               default="/usr/lib/debian-installer/images/{version}/amd64/text/"
                        "debian-installer/amd64/linux",
-               help="Debian installer kernel (package debian-installer-12-netboot-amd64)."),
+               help="Debian installer kernel of the release being installed ({version} is "
+                    "12 or 13: packages debian-installer-12-netboot-amd64 from bookworm, "
+                    "debian-installer-13-netboot-amd64 from trixie)."),
     cfg.StrOpt("installer_initrd",
-               default="/usr/lib/debian-installer/images/12/amd64/text/"
+               default="/usr/lib/debian-installer/images/{version}/amd64/text/"
                        "debian-installer/amd64/initrd.gz",
-               help="Debian installer initrd."),
+               help="Debian installer initrd ({version} substituted as for "
+                    "installer_kernel)."),
     cfg.BoolOpt("run_as_root", default=True,
                 help="Run the installer guest's qemu as root:root (a per-domain static DAC "
                      "label) so build directories below private (0700) parents work; false "

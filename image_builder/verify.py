@@ -1,113 +1,539 @@
-"""Boot the triplet the way nova's libvirt driver instantiates an AMI, before anyone else does.
+"""verify: launch the image the way a stock nova does, then log in the way its user does.
 
-nova: copy the root fs, grow the file to the flavor's disk size, e2fsck + resize2fs, then boot
-with the AKI as -kernel, the ARI as -initrd and ``root=/dev/vda``.  We do the same under qemu
-(TCG here: this /dev/kvm cannot run a stock kernel) and wait for a marker on the serial console
-(the image's /etc/issue carries the build name, so a stale image cannot pass), then stop qemu by
-PID.  Nothing survives: the copy is deleted and the qemu process is reaped on every path.
+nova's libvirt driver (default settings) makes the instance disk a qcow2 overlay of the
+flavor's root size backed by the image, boots an AMI with its AKI/ARI and
+``root=/dev/vda console=tty0 console=ttyS0 console=hvc0`` (a BARE disk through the firmware),
+gives it one NIC at a PCI slot of its choosing, and hands the user's key over a config drive
+(iso9660 labelled ``config-2``) because file injection is off.  We do exactly that under qemu
+(KVM only when a probe guest really boots under it, TCG otherwise), with a key generated for
+this launch (the build never saw it) and a network_data.json whose static address differs from
+the DHCP one, so a working SSH login proves the metadata's network configuration won.  Then we
+check from inside: network (v4 + v6), hostname, a root fs grown to the flavor disk with 4 KiB
+blocks, writable, ``sudo -n``, cloud-init done without errors, user-data honoured, time sync,
+the guest agent (pinged from the host), SSH policy, machine-id, apt sources.  A failure names
+the failed checks and carries the console tail and the cloud-init log.  Nothing survives: qemu
+is stopped by PID, overlay, config drive and key are deleted on every path.
+
+Images built without cloud-init cannot take a key: they are verified by their console marker.
 """
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 import logging
 import os
+import re
+import secrets
+import shlex
 import signal
+import socket
 import subprocess
 import time
+import uuid as uuidlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from image_builder import disk, exception, run
+from image_builder import exception, run
 
 LOG = logging.getLogger(__name__)
 
-APPEND = "root=/dev/vda console=ttyS0 rw"
+NOVA_APPEND = "root=/dev/vda console=tty0 console=ttyS0 console=hvc0"
 LOGIN = "login:"
 PANIC_MARKERS = ("Kernel panic", "VFS: Unable to mount root fs",
                  "Gave up waiting for root file system device", "(initramfs)")
+USER = "debian"
+# qemu user networking: DHCP would hand out 10.0.2.15; network_data.json says .50.
+STATIC_IP, GATEWAY, DNS = "10.0.2.50", "10.0.2.2", "10.0.2.3"
+NIC_MODELS = ("virtio-net-pci", "e1000", "e1000e", "rtl8139")
+# Fixed slots of the other devices (nova's layout: NIC 0x3, disk 0x4); the NIC may take any
+# other free slot.
+DISK_SLOT, SERIAL_SLOT = 0x4, 0x6
+RESERVED_SLOTS = (0x0, 0x1, DISK_SLOT, SERIAL_SLOT)
 
 
-def qemu_argv(kernel: str, initrd: str | None, drive: str, console: str, pidfile: str,
-              memory: int = 512, accel: str = "tcg,thread=multi", fmt: str = "raw",
-              append: str | None = APPEND) -> list[str]:
-    """qemu command line of a nova-style direct kernel boot (pure; unit tested)."""
-    argv = ["qemu-system-x86_64", "-accel", accel, "-cpu", "max", "-m", str(memory),
-            "-smp", "1", "-nodefaults", "-no-user-config", "-display", "none",
-            "-serial", "file:%s" % console, "-pidfile", pidfile, "-no-reboot",
-            "-drive", "file=%s,if=virtio,format=%s,cache=unsafe" % (drive, fmt),
-            "-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0"]
+@dataclass(frozen=True)
+class Nic:
+    model: str = "virtio-net-pci"
+    slot: int = 0x3
+
+    @classmethod
+    def parse(cls, text: str) -> Nic:
+        """'MODEL@SLOT', e.g. 'virtio-net-pci@0x3' or 'e1000@0x8'."""
+        model, _, slot = text.partition("@")
+        try:
+            number = int(slot, 0) if slot else 0x3
+        except ValueError:
+            number = -1
+        if model not in NIC_MODELS or not 0x2 <= number <= 0x1f or number in RESERVED_SLOTS:
+            raise exception.ConfigError(
+                reason="verify_nic %r: use MODEL@SLOT with MODEL one of %s and SLOT 0x2-0x1f "
+                       "except %s" % (text, ", ".join(NIC_MODELS),
+                                      ", ".join(hex(s) for s in RESERVED_SLOTS[2:])))
+        return cls(model, number)
+
+    def __str__(self) -> str:
+        return "%s@%#x" % (self.model, self.slot)
+
+
+# ----------------------------------------------------------------------------- pure pieces
+
+def meta_data(*, instance_uuid: str, hostname: str, public_key: str) -> dict:
+    """openstack/latest/meta_data.json as nova writes it (the fields cloud-init reads)."""
+    return {"uuid": instance_uuid, "name": hostname, "hostname": hostname,
+            "launch_index": 0, "availability_zone": "nova", "project_id": "zol-verify",
+            "public_keys": {"zol-verify": public_key},
+            "keys": [{"name": "zol-verify", "type": "ssh", "data": public_key}],
+            "meta": {}, "devices": [], "files": []}
+
+
+def network_data(mac: str) -> dict:
+    """network_data.json: a static IPv4 (differs from the DHCP lease) and SLAAC on the NIC."""
+    return {
+        "links": [{"id": "tap-zol0", "type": "phy", "ethernet_mac_address": mac,
+                   "mtu": 1500, "vif_id": "zol-verify-vif"}],
+        "networks": [
+            {"id": "network0", "type": "ipv4", "link": "tap-zol0", "ip_address": STATIC_IP,
+             "netmask": "255.255.255.0", "network_id": "zol-net",
+             "routes": [{"network": "0.0.0.0", "netmask": "0.0.0.0", "gateway": GATEWAY}]},
+            {"id": "network1", "type": "ipv6_slaac", "link": "tap-zol0",
+             "network_id": "zol-net6"},
+        ],
+        "services": [{"type": "dns", "address": DNS}],
+    }
+
+
+def user_data(token: str) -> str:
+    """#cloud-config user-data whose effect the checks look for."""
+    return ("#cloud-config\n# zol-image verify: proves user-data is honoured\n"
+            "runcmd:\n  - [sh, -c, 'echo %s > /var/tmp/zol-user-data']\n" % token)
+
+
+def write_config_drive_tree(root: Path, *, instance_uuid: str, hostname: str,
+                            public_key: str, mac: str, token: str) -> None:
+    latest = root / "openstack" / "latest"
+    latest.mkdir(parents=True, exist_ok=True)
+    (latest / "meta_data.json").write_text(json.dumps(meta_data(
+        instance_uuid=instance_uuid, hostname=hostname, public_key=public_key)))
+    (latest / "network_data.json").write_text(json.dumps(network_data(mac)))
+    (latest / "user_data").write_text(user_data(token))
+    (latest / "vendor_data.json").write_text("{}")
+
+
+def genisoimage_argv(tree: str, iso: str) -> list[str]:
+    """nova's config drive: iso9660 with Joliet and Rock Ridge, volume label config-2."""
+    return ["genisoimage", "-quiet", "-o", iso, "-ldots", "-allow-lowercase",
+            "-allow-multidot", "-l", "-V", "config-2", "-J", "-r", tree]
+
+
+def overlay_argv(backing: str, backing_fmt: str, overlay: str, size: int) -> list[str]:
+    """The instance disk: a qcow2 overlay of the flavor's size backed by the image."""
+    return ["qemu-img", "create", "-q", "-f", "qcow2", "-b", backing, "-F", backing_fmt,
+            overlay, str(size)]
+
+
+def qemu_argv(*, disk: str, console: str, pidfile: str, kernel: str | None = None,
+              initrd: str | None = None, cdrom: str | None = None, ssh_port: int = 0,
+              nic: Nic = Nic(), mac: str = "fa:16:3e:00:00:01", qga_socket: str | None = None,
+              memory: int = 1024, accel: str = "tcg", append: str = NOVA_APPEND) -> list[str]:
+    """The instance as nova's libvirt driver starts it (pure; unit tested)."""
+    argv = ["qemu-system-x86_64", "-machine", "pc"]
+    if accel == "kvm":
+        argv += ["-accel", "kvm", "-cpu", "host"]
+    else:
+        argv += ["-accel", "tcg,thread=multi", "-cpu", "max"]
+    argv += ["-m", str(memory), "-smp", "1", "-nodefaults", "-no-user-config",
+             "-display", "none", "-serial", "file:%s" % console, "-pidfile", pidfile,
+             "-no-reboot",
+             "-drive", "file=%s,if=none,id=vda,format=qcow2,cache=unsafe" % disk,
+             "-device", "virtio-blk-pci,drive=vda,addr=%#x,bootindex=1" % DISK_SLOT]
+    if cdrom:
+        argv += ["-drive", "file=%s,if=ide,index=1,media=cdrom,readonly=on,format=raw" % cdrom]
+    fwd = ",hostfwd=tcp:127.0.0.1:%d-%s:22" % (ssh_port, STATIC_IP) if ssh_port else ""
+    argv += ["-netdev", "user,id=n0,ipv6=on%s" % fwd,
+             "-device", "%s,netdev=n0,mac=%s,addr=%#x" % (nic.model, mac, nic.slot)]
+    if qga_socket:
+        argv += ["-device", "virtio-serial-pci,id=vs0,addr=%#x" % SERIAL_SLOT,
+                 "-chardev", "socket,id=qga0,path=%s,server=on,wait=off" % qga_socket,
+                 "-device", "virtserialport,bus=vs0.0,chardev=qga0,name=org.qemu.guest_agent.0"]
     if kernel:
         argv += ["-kernel", kernel]
         if initrd:
             argv += ["-initrd", initrd]
-        if append:
-            argv += ["-append", append]
+        argv += ["-append", append]
     return argv
 
 
-def boot(*, kernel: str | None, initrd: str | None, root: str, workdir: Path,
-         flavor_bytes: int, marker: str, timeout: float, fmt: str = "raw",
-         progress: Callable[[str], None] | None = None,
-         on_started: Callable[[], None] | None = None) -> dict:
-    """Boot a copy of ``root`` grown to ``flavor_bytes``; return timings and the console tail."""
+@dataclass(frozen=True)
+class Check:
+    name: str
+    argv: tuple[str, ...]
+    evaluate: Callable[[int, str], str | None]      # None: passed, else what is wrong
+
+
+def _rc0(rc: int, out: str) -> str | None:
+    return None if rc == 0 else "exit %d: %s" % (rc, out.strip()[-300:])
+
+
+def guest_checks(*, hostname: str, flavor_bytes: int, token: str,
+                 apt_suites: tuple[str, ...] = ()) -> list[Check]:
+    """What a user needs from the instance, each as a command run as ``debian`` over SSH."""
+    def cloud_init(rc: int, out: str) -> str | None:
+        if rc != 0 or "status: done" not in out:
+            return "cloud-init status exit %d: %s" % (rc, out.strip()[-400:])
+        return None
+
+    def result_json(rc: int, out: str) -> str | None:
+        try:
+            data = json.loads(out)["v1"]
+        except (ValueError, KeyError, TypeError):
+            return "unreadable /run/cloud-init/result.json: %s" % out[:200]
+        if data.get("errors"):
+            return "cloud-init errors: %s" % data["errors"]
+        if "ConfigDrive" not in str(data.get("datasource")):
+            return "datasource %r, not the config drive" % data.get("datasource")
+        return None
+
+    def network(rc: int, out: str) -> str | None:
+        if "inet %s/24" % STATIC_IP not in out:
+            return "no %s (network_data.json) on any NIC: %s" % (STATIC_IP, out.strip())
+        if "default via %s" % GATEWAY not in out:
+            return "no default route via %s: %s" % (GATEWAY, out.strip())
+        return None
+
+    def ipv6(rc: int, out: str) -> str | None:
+        return None if "inet6" in out and "scope global" in out else \
+            "no global IPv6 address (SLAAC): %s" % out.strip()
+
+    def root_size(rc: int, out: str) -> str | None:
+        fields = out.split()
+        if rc != 0 or len(fields) < 3 or not fields[0].isdigit():
+            return "df/stat said %r" % out.strip()
+        size, block, fstype = int(fields[0]), fields[1], fields[2]
+        if size < flavor_bytes * 0.95:
+            return "root fs %d MiB, below 95%% of the %d MiB flavor disk" % (
+                size >> 20, flavor_bytes >> 20)
+        if block != "4096":
+            return "root fs block size %s, not 4096" % block
+        if fstype != "ext4":
+            return "root fs type %s" % fstype
+        return None
+
+    def equals(expected: str) -> Callable[[int, str], str | None]:
+        def check(rc: int, out: str) -> str | None:
+            return None if rc == 0 and out.strip() == expected else \
+                "expected %r, got exit %d %r" % (expected, rc, out.strip()[:200])
+        return check
+
+    def contains(*needles: str) -> Callable[[int, str], str | None]:
+        def check(rc: int, out: str) -> str | None:
+            missing = [n for n in needles if n not in out]
+            return "missing %s in %r" % (missing, out.strip()[-300:]) if missing else None
+        return check
+
+    def time_sync(rc: int, out: str) -> str | None:
+        return None if "active" in out.split() else "neither systemd-timesyncd nor chrony " \
+            "active: %s" % out.strip()
+
+    def machine_id(rc: int, out: str) -> str | None:
+        return None if re.fullmatch(r"[0-9a-f]{32}", out.strip()) else \
+            "machine-id %r" % out.strip()
+
+    return [
+        Check("cloud-init", ("cloud-init", "status", "--wait", "--long"), cloud_init),
+        Check("cloud-init-result", ("cat", "/run/cloud-init/result.json"), result_json),
+        Check("hostname", ("hostname",), equals(hostname)),
+        Check("network", ("sh", "-c", "ip -o -4 addr show scope global; ip -4 route"),
+              network),
+        Check("ipv6", ("sh", "-c", "for i in $(seq 20); do ip -o -6 addr show scope global "
+                                   "| grep -q inet6 && break; sleep 1; done; "
+                                   "ip -o -6 addr show scope global"), ipv6),
+        Check("root-fs-grown", ("sh", "-c", "df -B1 --output=size / | tail -n 1; "
+                                            "stat -f -c %S /; findmnt -no FSTYPE /"),
+              root_size),
+        Check("root-fs-writable", ("sh", "-c", "findmnt -no OPTIONS / | cut -d, -f1; "
+                                               "touch /var/tmp/zol-write && echo written"),
+              equals("rw\nwritten")),
+        Check("sudo", ("sudo", "-n", "id", "-u"), equals("0")),
+        Check("user-data", ("cat", "/var/tmp/zol-user-data"), equals(token)),
+        Check("time-sync", ("systemctl", "is-active", "systemd-timesyncd.service",
+                            "chrony.service"), time_sync),
+        Check("qemu-guest-agent", ("systemctl", "is-active", "qemu-guest-agent.service"),
+              equals("active")),
+        Check("serial-getty", ("systemctl", "is-active", "serial-getty@ttyS0.service"),
+              equals("active")),
+        Check("ssh-policy", ("sudo", "-n", "sh", "-c",
+                             "sshd -T | grep -E '^(passwordauthentication|permitrootlogin) '; "
+                             "cat /root/.ssh/authorized_keys"),
+              contains("passwordauthentication no", "Please login as the user")),
+        Check("machine-id", ("cat", "/etc/machine-id"), machine_id),
+        Check("no-build-host-resolv.conf", ("readlink", "/etc/resolv.conf"),
+              contains("systemd/resolve/")),
+        Check("apt-sources", ("cat", "/etc/apt/sources.list"), contains(*apt_suites)),
+    ]
+
+
+def host_key_fingerprints(console: str) -> set[str]:
+    """SHA256 fingerprints cloud-init printed to the console (the out-of-band channel nova's
+    console log gives a user to check the host key)."""
+    block = re.findall(r"-----BEGIN SSH HOST KEY FINGERPRINTS-----(.*?)"
+                       r"-----END SSH HOST KEY FINGERPRINTS-----", console, re.S)
+    return {m for b in block for m in re.findall(r"SHA256:([A-Za-z0-9+/]+)", b)}
+
+
+def fingerprint(key) -> str:
+    return base64.b64encode(hashlib.sha256(key.asbytes()).digest()).decode().rstrip("=")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def accel_for(kernel: str | None) -> tuple[str, str]:
+    """('kvm'|'tcg', reason): KVM only when the installer backend's probe boots a kernel."""
+    from image_builder.install import libvirt as lv
+    candidates = [kernel] if kernel else []
+    candidates += sorted(str(p) for p in Path("/boot").glob("vmlinuz-*"))
+    probe_with = next((c for c in candidates if c and os.access(c, os.R_OK)), None)
+    if probe_with is None:
+        return "tcg", "no kernel to probe KVM with"
+    probe = lv.probe_kvm(probe_with)
+    return ("kvm" if probe["ok"] else "tcg"), str(probe["reason"])
+
+
+def qga_ping(path: str, timeout: float = 20) -> str | None:
+    """Ping qemu-guest-agent through its virtio-serial socket; None when it answers."""
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            with socket.socket(socket.AF_UNIX) as s:
+                s.settimeout(5)
+                s.connect(path)
+                sync_id = secrets.randbelow(1 << 30)
+                s.sendall(json.dumps({"execute": "guest-sync",
+                                      "arguments": {"id": sync_id}}).encode())
+                buf = b""
+                while b'"return": %d' % sync_id not in buf and b'"return":%d' % sync_id \
+                        not in buf:
+                    chunk = s.recv(4096)
+                    if not chunk:
+                        break
+                    buf += chunk
+                s.sendall(b'{"execute": "guest-ping"}')
+                reply = s.recv(4096)
+                if b'"return"' in reply:
+                    return None
+                last = reply.decode(errors="replace")
+        except OSError as exc:
+            last = str(exc)
+        time.sleep(1)
+    return "guest agent did not answer guest-ping: %s" % last
+
+
+# ----------------------------------------------------------------------------- the launch
+
+def launch(*, root: str, root_fmt: str, workdir: Path, flavor_bytes: int, timeout: float,
+           kernel: str | None = None, initrd: str | None = None, nic: Nic = Nic(),
+           memory: int = 1024, hostname: str = "zol-verify", marker: str = "",
+           ssh: bool = True, apt_suites: tuple[str, ...] = (),
+           progress: Callable[[str], None] | None = None,
+           on_started: Callable[[], None] | None = None) -> dict:
+    """Launch ``root`` (AMI with ``kernel``/``initrd``, else a BARE disk) like nova and check
+    it from inside over SSH (``ssh=False``: wait for ``marker`` on the console only)."""
+    progress = progress or (lambda msg: LOG.info("  %s", msg))
     workdir.mkdir(parents=True, exist_ok=True)
-    instance = workdir / ("instance.%s" % fmt)
-    console = workdir / "console.log"
-    pidfile = workdir / "qemu.pid"
-    for p in (instance, console, pidfile):
+    overlay, iso = workdir / "instance.qcow2", workdir / "config-drive.iso"
+    key, drive_tree = workdir / "id_verify", workdir / "config-drive"
+    console, pidfile, qga = workdir / "console.log", workdir / "qemu.pid", workdir / "qga.sock"
+    temporary = (overlay, iso, key, key.with_suffix(".pub"), pidfile, qga)
+    for p in temporary + (console,):
         p.unlink(missing_ok=True)
+    run.remove_tree(drive_tree)
+    virtual = json.loads(run.out(["qemu-img", "info", "--output=json", "-f", root_fmt,
+                                  root]))["virtual-size"]
+    if flavor_bytes < virtual:
+        raise exception.ConfigError(reason="verify_disk_size %d MiB is smaller than the image "
+                                    "(%d MiB): nova refuses such a flavor; raise it"
+                                    % (flavor_bytes >> 20, -(-virtual >> 20)))
+    accel, why = accel_for(kernel)
+    hostname = "%s-%s" % (hostname, secrets.token_hex(3))
+    token = secrets.token_hex(8)
+    mac = "fa:16:3e:%02x:%02x:%02x" % tuple(secrets.token_bytes(3))
     proc = None
+    client = None
+    result: dict = {"nic": str(nic), "accel": accel, "flavor_bytes": flavor_bytes,
+                    "hostname": hostname}
     try:
+        run.run(overlay_argv(os.path.abspath(root), root_fmt, str(overlay), flavor_bytes))
+        port = 0
+        if ssh:
+            run.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "zol-verify",
+                     "-f", str(key)])
+            write_config_drive_tree(drive_tree, instance_uuid=str(uuidlib.uuid4()),
+                                    hostname=hostname,
+                                    public_key=key.with_suffix(".pub").read_text().strip(),
+                                    mac=mac, token=token)
+            run.run(genisoimage_argv(str(drive_tree), str(iso)))
+            port = free_port()
+        argv = qemu_argv(disk=str(overlay), console=str(console), pidfile=str(pidfile),
+                         kernel=kernel, initrd=initrd, cdrom=str(iso) if ssh else None,
+                         ssh_port=port, nic=nic, mac=mac, qga_socket=str(qga), memory=memory,
+                         accel=accel)
+        LOG.info("verify: launching %s like nova (%s, %s, flavor disk %d MiB; %s)",
+                 os.path.basename(root), "AMI direct kernel boot" if kernel else
+                 "BARE firmware boot", nic, flavor_bytes >> 20, why)
+        LOG.debug("verify: %s", shlex.join(argv))
         t0 = time.monotonic()
-        run.run(["cp", "--sparse=always", root, str(instance)])
-        if kernel:
-            disk.grow(instance, flavor_bytes)       # what nova does before boot
-            grown = disk.fs_info(instance)
-            if grown.size < flavor_bytes * 0.99:
-                raise exception.VerifyError(reason="root fs grew to %d bytes only, flavor is %d"
-                                            % (grown.size, flavor_bytes))
-        prepare = time.monotonic() - t0
-        argv = qemu_argv(kernel or "", initrd, str(instance), str(console), str(pidfile),
-                         fmt=fmt)
-        LOG.info("verify: booting %s (flavor disk %d MiB) under qemu TCG", root,
-                 flavor_bytes >> 20)
-        LOG.debug("verify: %s", argv)
-        t1 = time.monotonic()
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, start_new_session=True)
-        last_report = 0.0
         if on_started:
             on_started()
-        while True:
-            text = console.read_text(errors="replace") if console.exists() else ""
-            if marker in text and LOGIN in text[text.index(marker):]:
-                break       # our /etc/issue line, then getty's prompt: the system is up
-            for bad in PANIC_MARKERS:
-                if bad in text:
-                    raise exception.VerifyError(reason="guest failed to boot (%s); console "
-                                                "tail: %s" % (bad, _tail(text)))
-            if proc.poll() is not None:
-                err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-                raise exception.VerifyError(reason="qemu exited %s before the marker: %s %s"
-                                            % (proc.returncode, err.strip()[-500:],
-                                               _tail(text)))
-            elapsed = time.monotonic() - t1
-            if elapsed > timeout:
-                raise exception.VerifyError(reason="no %r on the console after %.0f s; tail: %s"
-                                            % (marker, elapsed, _tail(text)))
-            if progress and elapsed - last_report >= 15:
-                last_report = elapsed
-                lines = [ln for ln in text.splitlines() if ln.strip()]
-                progress("%.0f s: %s" % (elapsed, lines[-1][-100:] if lines else "(no output)"))
-            time.sleep(0.5)
-        booted = time.monotonic() - t1
-        LOG.info("verify: marker %r after %.1f s", marker, booted)
+        if not ssh:
+            result["boot_seconds"] = round(_wait_marker(proc, console, marker, timeout, t0,
+                                                        progress), 2)
+            LOG.info("verify: marker %r after %.1f s", marker, result["boot_seconds"])
+            return result
+        client, host_key = _wait_ssh(proc, console, port, key, timeout, t0, progress)
+        result["ssh_seconds"] = round(time.monotonic() - t0, 2)
+        LOG.info("verify: SSH as %s with the instance key after %.1f s", USER,
+                 result["ssh_seconds"])
         text = console.read_text(errors="replace")
-        return {"prepare_seconds": round(prepare, 2), "boot_seconds": round(booted, 2),
-                "flavor_bytes": flavor_bytes, "console_tail": _tail(text, 1500)}
+        shown = host_key_fingerprints(text)
+        result["host_key"] = "matches the console" if fingerprint(host_key) in shown else \
+            "not shown on the console"
+        if shown and fingerprint(host_key) not in shown:
+            raise exception.VerifyError(reason="the SSH host key (SHA256:%s) is not one of "
+                                        "those cloud-init printed on the console: %s"
+                                        % (fingerprint(host_key), sorted(shown)))
+        failed, passed = {}, []
+        for check in guest_checks(hostname=hostname, flavor_bytes=flavor_bytes, token=token,
+                                  apt_suites=apt_suites):
+            rc, out = _exec(client, check.argv)
+            problem = check.evaluate(rc, out)
+            if problem:
+                failed[check.name] = problem
+            else:
+                passed.append(check.name)
+        problem = qga_ping(str(qga))
+        (failed.__setitem__("guest-agent-ping", problem) if problem
+         else passed.append("guest-agent-ping"))
+        result["checks_seconds"] = round(time.monotonic() - t0 - result["ssh_seconds"], 2)
+        result["checks"] = passed
+        if failed:
+            rc, log = _exec(client, ("sudo", "-n", "sh", "-c",
+                                     "tail -n 40 /var/log/cloud-init.log; echo ----; "
+                                     "tail -n 20 /var/log/cloud-init-output.log"))
+            raise exception.VerifyError(
+                reason="%d check(s) failed inside the instance: %s; console tail: %s; "
+                       "cloud-init log: %s" % (
+                           len(failed), "; ".join("%s: %s" % kv for kv in failed.items()),
+                           _tail(console.read_text(errors="replace")), _tail(log, 3000)))
+        LOG.info("verify: %d checks passed inside the instance (%s)", len(passed),
+                 ", ".join(passed))
+        return result
     finally:
+        if client is not None:
+            client.close()
         if proc is not None:
             stop(proc)
-        instance.unlink(missing_ok=True)
+        for p in temporary:
+            p.unlink(missing_ok=True)
+        run.remove_tree(drive_tree)
+        if console.exists():
+            result["console_tail"] = _tail(console.read_text(errors="replace"), 1500)
+
+
+def _check_alive(proc: subprocess.Popen, text: str, what: str) -> None:
+    for bad in PANIC_MARKERS:
+        if bad in text:
+            raise exception.VerifyError(reason="guest failed to boot (%s); console tail: %s"
+                                        % (bad, _tail(text)))
+    if proc.poll() is not None:
+        err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+        raise exception.VerifyError(reason="qemu exited %s before %s: %s %s"
+                                    % (proc.returncode, what, err.strip()[-500:], _tail(text)))
+
+
+def _wait_marker(proc, console: Path, marker: str, timeout: float, t0: float,
+                 progress) -> float:
+    last = 0.0
+    while True:
+        text = console.read_text(errors="replace") if console.exists() else ""
+        if marker in text and LOGIN in text[text.index(marker):]:
+            return time.monotonic() - t0
+        _check_alive(proc, text, "the marker")
+        elapsed = time.monotonic() - t0
+        if elapsed > timeout:
+            raise exception.VerifyError(reason="no %r on the console after %.0f s; tail: %s"
+                                        % (marker, elapsed, _tail(text)))
+        if elapsed - last >= 15:
+            last = elapsed
+            progress("%.0f s: %s" % (elapsed, _last_line(text)))
+        time.sleep(0.5)
+
+
+def _wait_ssh(proc, console: Path, port: int, key: Path, timeout: float, t0: float,
+              progress):
+    """One connection attempt at a time (TCG + sshd's MaxStartups), until the key is let in."""
+    import paramiko
+
+    class Remember(paramiko.MissingHostKeyPolicy):
+        def missing_host_key(self, client, hostname, key):
+            self.key = key
+
+    pkey = paramiko.Ed25519Key.from_private_key_file(str(key))
+    last_report, why = 0.0, "not tried yet"
+    while True:
+        text = console.read_text(errors="replace") if console.exists() else ""
+        _check_alive(proc, text, "SSH let the key in")
+        elapsed = time.monotonic() - t0
+        if elapsed > timeout:
+            raise exception.VerifyError(
+                reason="the instance key was not let in over SSH (user %s, 127.0.0.1:%d -> "
+                       "%s:22) within %.0f s; last attempt: %s; console tail: %s"
+                       % (USER, port, STATIC_IP, elapsed, why, _tail(text, 1500)))
+        if elapsed - last_report >= 20:
+            last_report = elapsed
+            progress("%.0f s: waiting for SSH (%s); console: %s"
+                     % (elapsed, why, _last_line(text)))
+        policy = Remember()
+        client = paramiko.SSHClient()
+        client.set_missing_host_key_policy(policy)
+        try:
+            client.connect("127.0.0.1", port=port, username=USER, pkey=pkey,
+                           allow_agent=False, look_for_keys=False, timeout=15,
+                           banner_timeout=60, auth_timeout=30)
+            return client, policy.key
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            client.close()
+            why = "%s: %s" % (type(exc).__name__, exc)
+        time.sleep(3)
+
+
+def _exec(client, argv: tuple[str, ...], timeout: float = 300) -> tuple[int, str]:
+    """Run ``argv`` in the guest (shlex.join: the SSH boundary); rc and stdout+stderr."""
+    chan = client.get_transport().open_session(timeout=30)
+    chan.settimeout(timeout)
+    chan.set_combine_stderr(True)
+    chan.exec_command(shlex.join(argv))
+    out = b""
+    try:
+        while True:
+            data = chan.recv(65536)
+            if not data:
+                break
+            out += data
+        rc = chan.recv_exit_status()
+    except socket.timeout:
+        rc = -1
+        out += b" (timed out after %d s)" % timeout
+    finally:
+        chan.close()
+    return rc, out.decode(errors="replace")
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -123,6 +549,11 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait()
     if proc.stderr:
         proc.stderr.close()
+
+
+def _last_line(text: str) -> str:
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    return lines[-1][-100:] if lines else "(no output)"
 
 
 def _tail(text: str, n: int = 600) -> str:

@@ -19,16 +19,9 @@ from image_builder import customize, disk, exception, run
 LOG = logging.getLogger(__name__)
 
 
-def sources(release: str, mirror: str, security_mirror: str = "",
-            updates: bool = False) -> list[str]:
-    """One-line sources for mmdebstrap: the release, its -updates and -security suites, so the
-    image starts with the fixes a cloud image must carry."""
-    lines = ["deb %s %s main" % (mirror, release)]
-    if updates:
-        lines.append("deb %s %s-updates main" % (mirror, release))
-    if security_mirror:
-        lines.append("deb %s %s-security main" % (security_mirror, release))
-    return lines
+# One definition of the suites: mmdebstrap installs from them and the profile writes them into
+# the image (both backends).
+sources = customize.sources
 
 
 def mmdebstrap_argv(release: str, arch: str, mirror: str | list[str], packages: list[str],

@@ -20,7 +20,6 @@ import logging
 import lzma
 import os
 import re
-import shlex
 import string
 import subprocess
 import time
@@ -32,7 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from xml.sax.saxutils import escape
 
-from image_builder import customize, exception, run
+from image_builder import customize, exception, opts, run
 
 LOG = logging.getLogger(__name__)
 
@@ -78,15 +77,32 @@ VALID_VALUE = re.compile(r"[A-Za-z0-9._,+:@/-]*")
 
 def render_preseed(*, release: str, mirror: str, hostname: str, locale: str,
                    kernel_package: str, packages: list[str],
-                   template: str | None = None) -> str:
-    """The preseed text; every value is validated (a preseed line cannot be quoted)."""
+                   security_mirror: str = "http://deb.debian.org/debian-security",
+                   updates: bool = True, template: str | None = None) -> str:
+    """The preseed text; every value is validated (a preseed line cannot be quoted).
+
+    The installer adds RELEASE-security (from ``security_mirror``) and RELEASE-updates and runs
+    a safe-upgrade, so the installed system carries the same fixes as a chroot build.
+    """
     url = urllib.parse.urlsplit(mirror)
     if url.scheme not in ("http", "https") or not url.hostname:
         raise exception.ConfigError(reason="mirror must be an http(s) URL: %r" % mirror)
+    services = []
+    sec_host, sec_path = "", ""
+    if security_mirror:
+        sec = urllib.parse.urlsplit(security_mirror)
+        if sec.scheme not in ("http", "https") or not sec.hostname:
+            raise exception.ConfigError(reason="security_mirror must be an http(s) URL or "
+                                        "empty: %r" % security_mirror)
+        services.append("security")
+        sec_host, sec_path = sec.netloc, sec.path or "/"
+    if updates:
+        services.append("updates")
     values = {"release": release, "hostname": hostname, "locale": locale,
               "kernel_package": kernel_package, "packages": " ".join(packages),
               "mirror_protocol": url.scheme, "mirror_host": url.netloc,
-              "mirror_directory": url.path or "/"}
+              "mirror_directory": url.path or "/", "services": ",".join(services),
+              "security_host": sec_host, "security_path": sec_path}
     for key, value in values.items():
         if key != "packages" and not VALID_VALUE.fullmatch(value):
             raise exception.ConfigError(reason="invalid %s for the preseed: %r" % (key, value))
@@ -98,42 +114,10 @@ def render_preseed(*, release: str, mirror: str, hostname: str, locale: str,
 
 
 def late_script(profile: customize.Profile) -> str:
-    """The cloud profile as a POSIX sh script for the installed system (preseed late_command).
-
-    It runs inside the guest, where a script is the only interface; every value is quoted
-    with shlex.quote and the steps mirror customize.apply.
-    """
-    q = shlex.quote
-    lines = ["#!/bin/sh", "# zol-image cloud profile (preseed late_command)", "set -e",
-             "echo %s > /etc/hostname" % q(profile.hostname),
-             "printf '%%s' %s > /etc/hosts" % q(customize.hosts_file(profile.hostname))]
-    if profile.locales:
-        lines.append("printf '%%s' %s > /etc/locale.gen"
-                     % q(customize.locale_gen_lines(profile.locales)))
-        lines.append("locale-gen")
-        lines.append("echo LANG=%s > /etc/default/locale" % q(profile.locales[0]))
-    if profile.marker:
-        lines.append("printf '%%s \\\\n \\\\l\\n\\n' %s > /etc/issue" % q(profile.marker))
-    if profile.profile == "cloud":
-        for mod in customize.ETC_MODULES:
-            lines.append("grep -qx %s /etc/modules || echo %s >> /etc/modules" % (q(mod), q(mod)))
-        for mod in customize.INITRAMFS_MODULES:
-            lines.append("grep -qx %s /etc/initramfs-tools/modules || echo %s >> "
-                         "/etc/initramfs-tools/modules" % (q(mod), q(mod)))
-        lines.append("printf '%%s' %s > /etc/network/interfaces" % q(customize.INTERFACES))
-        lines.append("printf '%%s' %s > /etc/systemd/system/zol-ssh-keygen.service"
-                     % q(customize.SSH_KEYGEN_UNIT))
-        lines.append("systemctl enable zol-ssh-keygen.service")
-        if profile.cloud_init:
-            lines.append("apt-get install -y cloud-init cloud-guest-utils")
-        lines.append("update-initramfs -u -k all")
-    lines.append("apt-get clean")
-    for rel in customize.REMOVE:
-        lines.append("rm -f %s" % q("/" + rel))
-    for pattern in customize.REMOVE_GLOBS:
-        lines.append("rm -f /%s" % pattern)          # globs expand in the guest by design
-    lines.append(": > /etc/machine-id")
-    return "\n".join(lines) + "\n"
+    """The cloud profile as the sh script the installer runs in the target (late_command):
+    rendered from the same ``customize.steps`` the chroot backend applies."""
+    return customize.render_shell(customize.steps(profile),
+                                  "zol-image cloud profile (preseed late_command)")
 
 
 def cpio_newc(files: dict[str, tuple[bytes, int]]) -> bytes:
@@ -391,21 +375,41 @@ class InstallerDomain:
                                              % self.pid)
 
 
+def installer_files(options: dict, release: str) -> tuple[str, str]:
+    """The netboot kernel and initrd of the release being installed ({version} substituted).
+
+    Each release needs its own installer (its udebs must match the mirror's).  bookworm's is
+    the Debian package debian-installer-12-netboot-amd64; trixie's is
+    debian-installer-13-netboot-amd64, in trixie main only (the mirror's
+    dists/trixie/main/installer-amd64/current/images/ tree lists it but serves 404 here; the
+    pool .deb is served): extract it with dpkg-deb -x.
+    """
+    version = opts.RELEASE_VERSIONS[release]
+    files = []
+    for key in ("installer_kernel", "installer_initrd"):
+        path = (options.get(key) or "").replace("{version}", version)
+        if not os.path.exists(path):
+            raise exception.InstallError(
+                reason="[libvirt] %s = %s is missing: the %s installer comes from the Debian "
+                       "package debian-installer-%s-netboot-amd64 (%s main); install it, or "
+                       "'apt-get download' it from %s and 'dpkg-deb -x' it to /, or point "
+                       "%s at its netboot files" % (key, path or "''", release, version,
+                                                    release, release, key))
+        files.append(path)
+    return files[0], files[1]
+
+
 def install(*, workdir: Path, release: str, mirror: str, packages: list[str],
             profile: customize.Profile, disk_mb: int, timeout: float, options: dict,
             progress: Callable[[str], None] | None = None,
             on_started: Callable[[], None] | None = None,
-            stall_after_mirror: float = 240) -> dict:
+            stall_after_mirror: float = 240, security_mirror: str = "",
+            updates: bool = True) -> dict:
     """Run the installer into ``workdir/disk.qcow2``; raise MirrorIncomplete at the wall."""
     import libvirt
     progress = progress or (lambda msg: LOG.info("  %s", msg))
-    kernel = options.get("installer_kernel") or ""
-    initrd = options.get("installer_initrd") or ""
-    for path in (kernel, initrd):
-        if not os.path.exists(path):
-            raise exception.InstallError(
-                reason="installer file %s is missing (apt install "
-                       "debian-installer-12-netboot-amd64)" % path)
+    kernel, initrd = installer_files(options, release)
+    packages = sorted(set(packages) | set(customize.packages_for(profile)))
     kernel_package = next((p for p in packages if p.startswith("linux-image-")),
                           "linux-image-amd64")
     template = None
@@ -415,6 +419,7 @@ def install(*, workdir: Path, release: str, mirror: str, packages: list[str],
                              locale=(profile.locales or ["en_US.UTF-8"])[0],
                              kernel_package=kernel_package,
                              packages=[p for p in packages if p != kernel_package],
+                             security_mirror=security_mirror, updates=updates,
                              template=template)
     (workdir / "preseed.cfg").write_text(preseed)
     late = late_script(profile)

@@ -25,7 +25,9 @@ from image_builder.install import libvirt as lv
 pytestmark = [pytest.mark.functional, pytest.mark.slow]
 
 MIRROR = os.environ.get("ZOL_DEBIAN_MIRROR", "http://deb.debian.org/debian")
-OPTIONS = {o.dest: o.default for o in opts.libvirt_opts}
+# bookworm's installer: the {version} in the installer paths is the release's major version.
+OPTIONS = {o.dest: o.default.replace("{version}", "12") if isinstance(o.default, str)
+           else o.default for o in opts.libvirt_opts}
 
 
 def zol_domains(uri: str) -> list[str]:

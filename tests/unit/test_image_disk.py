@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import subprocess
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -132,8 +134,33 @@ def test_fs_size_stays_within_15_percent_plus_metadata(slack, data_mib):
     assert size % disk.MIB == 0
     assert size > usage.bytes * (1 + slack)
     # metadata (journal, inode tables) on top of the slack, never the 33% of resize2fs -M
+    # (a tiny fs also carries the inode table its files need: 256 bytes each, plus room)
     overhead = size / (usage.bytes * (1 + slack)) - 1
-    assert overhead < 0.06 + 16 * disk.MIB / usage.bytes
+    inode_table = (usage.inodes * 1.25 + 1024) * 256
+    assert overhead < 0.06 + (16 * disk.MIB + inode_table) / usage.bytes
+
+
+def test_mkfs_always_uses_4k_blocks_and_enough_inodes():
+    usage = disk.TreeUsage(300 * disk.MIB, 30000)
+    size = disk.fs_size_for(usage, 0.08)
+    inodes = disk.inodes_for(usage, size)
+    assert inodes >= 30000 * 1.25 and inodes >= size // 16384
+    argv = disk.mkfs_argv("/tree", "/fs.img", size, "rootfs", inodes)
+    assert argv[argv.index("-b") + 1] == "4096"          # mke2fs would pick 1 KiB below 512 MiB
+    assert argv[argv.index("-N") + 1] == str(inodes) and argv[-1] == "%dk" % (size // 1024)
+    assert argv[argv.index("-L") + 1] == "rootfs" and argv[argv.index("-d") + 1] == "/tree"
+
+
+def test_mkfs_argv_makes_a_4k_filesystem_below_512_mib(tmp_path):
+    (tmp_path / "tree").mkdir()
+    (tmp_path / "tree" / "f").write_text("x")
+    img = tmp_path / "fs.img"
+    usage = disk.tree_usage(tmp_path / "tree")
+    size = 64 * disk.MIB
+    subprocess.run(disk.mkfs_argv(tmp_path / "tree", img, size, "rootfs",
+                                  disk.inodes_for(usage, size)), check=True)
+    info = disk.fs_info(img)
+    assert info.block_size == 4096 and info.size == size
 
 
 def test_tree_usage_counts_blocks_links_and_hardlinks(tmp_path):

@@ -26,7 +26,12 @@ def test_preseed_has_the_recipe():
     assert "d-i mirror/http/directory string /debian" in lines
     assert "d-i mirror/suite string bookworm" in lines
     assert "d-i base-installer/kernel/image string linux-image-amd64" in lines
-    assert "tasksel tasksel/first multiselect standard, ssh-server" in lines
+    assert "tasksel tasksel/first multiselect ssh-server" in lines
+    # security updates in the installed system, like the chroot backend (issue 9)
+    assert "d-i apt-setup/services-select multiselect security,updates" in lines
+    assert "d-i apt-setup/security_host string deb.debian.org" in lines
+    assert "d-i apt-setup/security_path string /debian-security" in lines
+    assert "d-i pkgsel/upgrade select safe-upgrade" in lines
     assert "d-i pkgsel/include string openssh-server sudo" in lines
     # one primary bootable ext4 partition, no swap; the $ of partman survives templating
     recipe = next(ln for ln in lines if "expert_recipe" in ln)
@@ -59,8 +64,32 @@ def test_late_script_is_valid_sh_and_quotes_values():
     subprocess.run(["sh", "-n"], input=script.encode(), check=True)
     assert "virtio_balloon" in script and "acpiphp" in script
     assert "update-initramfs -u -k all" in script and "apt-get clean" in script
-    assert "rm -f /etc/ssh/ssh_host_*" in script
-    assert "'zol-image it'\"'\"'s'" in script
+    assert '"$R"/etc/ssh/ssh_host_*' in script
+    assert "'zol-image it'\"'\"'s \\n \\l" in script
+    assert script == customize.render_shell(customize.steps(p),
+                                            "zol-image cloud profile (preseed late_command)")
+
+
+def test_preseed_without_security_or_updates():
+    lines = render(security_mirror="", updates=False).splitlines()
+    assert "d-i apt-setup/services-select multiselect " in lines
+
+
+def test_installer_of_the_release_being_installed(tmp_path):
+    """trixie is installed by trixie's installer (debian-installer-13-netboot-amd64)."""
+    from image_builder import opts
+    defaults = {o.dest: o.default for o in opts.libvirt_opts}
+    with pytest.raises(exception.InstallError, match="debian-installer-13-netboot-amd64"):
+        lv.installer_files(dict(defaults, installer_kernel=str(tmp_path / "{version}/linux")),
+                           "trixie")
+    (tmp_path / "13").mkdir()
+    for name in ("linux", "initrd.gz"):
+        (tmp_path / "13" / name).write_text("x")
+    kernel, initrd = lv.installer_files({"installer_kernel": str(tmp_path / "{version}/linux"),
+                                         "installer_initrd": str(tmp_path / "{version}/initrd.gz")},
+                                        "trixie")
+    assert kernel == str(tmp_path / "13/linux") and initrd == str(tmp_path / "13/initrd.gz")
+    assert "/images/{version}/" in defaults["installer_kernel"]
 
 
 def test_cpio_newc_is_readable_by_cpio_tools(tmp_path):
