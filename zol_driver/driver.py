@@ -44,7 +44,6 @@ GIB = 1024 ** 3
 LUN = 1
 HIDDEN_PREFIX = "deleted-"
 CLONE_SNAP_PREFIX = "clone-"
-EXPORT_PROPS = ("zol:iqn", "zol:lun", "zol:chap", "zol:initiators")
 STATS_PROPS = ("name", "type", "used", "available", "volsize", "zol:deleted")
 _ALNUM = string.ascii_letters + string.digits
 
@@ -59,6 +58,22 @@ def _gib_ceil(nbytes: int) -> int:
     return -(-int(nbytes) // GIB)
 
 
+def _object_id(args: tuple, kwargs: dict, key: str = "id") -> str:
+    """The id of the first volume/snapshot argument, for Cinder's exception templates."""
+    for arg in list(args) + list(kwargs.values()):
+        try:
+            return str(arg[key])
+        except (TypeError, KeyError, IndexError):
+            continue
+    return "?"
+
+
+# Which Cinder exception an operation's zol_driver error becomes (Cinder's manager and its
+# callers look for these; everything else is VolumeBackendAPIException).
+_EXPORT_OPS = ("create_export", "ensure_export", "remove_export", "extend_volume",
+               "revert_to_snapshot")
+
+
 def _translate(func: Callable) -> Callable:
     """Turn zol_driver errors into Cinder's at the boundary (Cinder's own pass through)."""
 
@@ -68,6 +83,23 @@ def _translate(func: Callable) -> Callable:
             return func(self, *args, **kwargs)
         except exception.ZolException as exc:
             LOG.error("%s failed: %s", func.__name__, exc)
+            name = func.__name__
+            if isinstance(exc, exception.DatasetBusy) and name == "delete_volume":
+                vid = _object_id(args, kwargs, "name")
+                raise cinder_exception.VolumeIsBusy(volume_name=vid) from exc
+            if isinstance(exc, exception.DatasetNotFound) and "snapshot" in name:
+                raise cinder_exception.SnapshotNotFound(
+                    snapshot_id=_object_id(args, kwargs)) from exc
+            if isinstance(exc, (exception.TargetError, exception.ExportError)) \
+                    and name in _EXPORT_OPS:
+                if name == "create_export":
+                    raise cinder_exception.ISCSITargetCreateFailed(
+                        volume_id=_object_id(args[1:], kwargs)) from exc
+                if name == "remove_export":
+                    raise cinder_exception.ISCSITargetRemoveFailed(
+                        volume_id=_object_id(args[1:], kwargs)) from exc
+                raise cinder_exception.TargetUpdateFailed(
+                    volume_id=_object_id(args, kwargs)) from exc
             raise cinder_exception.VolumeBackendAPIException(data=str(exc)) from exc
 
     return wrapper
@@ -80,9 +112,13 @@ class ZFSonLinuxISCSIDriver(image_transfer.LibiscsiImageTransferMixin, driver.IS
     Version history:
         1.0.0 - persistent SSH, wrapper protocol 1, snapshots, clones (clone/copy), extend,
                 revert, manage/unmanage, exports recorded in zol:* properties.
+        2.0.0 - wrapper protocol 2: exports addressed by IQN through the wrapper's verbs,
+                CHAP on stdin and on by default, SCSI identity from the volume id, UNMAP on
+                thin zvols, write-cache policy, online extend in place, multipath portals,
+                shared_targets=False, Cinder's exception types.
     """
 
-    VERSION = "1.0.0"
+    VERSION = "2.0.0"
     CI_WIKI_NAME = "zol-openstack"
     SUPPORTS_ACTIVE_ACTIVE = False
 
@@ -223,10 +259,6 @@ class ZFSonLinuxISCSIDriver(image_transfer.LibiscsiImageTransferMixin, driver.IS
             ip = c.san_ip
         return ip
 
-    def _location(self, tid: int, iqn: str, lun: int) -> str:
-        ip = volume_utils.sanitize_host(self._target_ip())
-        return f"{ip}:{self.configuration.target_port},{tid} {iqn} {lun}"
-
     def _set_size(self, ds: str, size_gb: int, current: int | None) -> None:
         assert self.zfs is not None
         if current is None or current < size_gb * GIB:
@@ -305,14 +337,11 @@ class ZFSonLinuxISCSIDriver(image_transfer.LibiscsiImageTransferMixin, driver.IS
     def delete_volume(self, volume: Any) -> None:
         assert self.zfs is not None and self.tgt is not None
         ds = self._ds(volume["name"])
-        rows = self.zfs.tree(ds)
-        chap_user = None
-        if rows and rows[0].get("zol:chap"):
-            chap_user = rows[0]["zol:chap"].partition(":")[0]
-        if not rows or rows[0].get("zol:iqn"):
-            # Still exported (or unknown): the target holds the zvol open ("dataset is
-            # busy"), remove it first.
-            self.tgt.unexport(self._iqn(volume), chap_user=chap_user)
+        iqn = self._iqn(volume)
+        # A target left behind (remove_export died half way) holds the zvol open ("dataset
+        # is busy"): unexport (idempotent) together with reading the tree.
+        rows, _ = self._parallel(functools.partial(self.zfs.tree, ds),
+                                 functools.partial(self.tgt.unexport, iqn))
         if not rows:
             LOG.info("%s does not exist: nothing to delete", ds)
             return
@@ -320,8 +349,8 @@ class ZFSonLinuxISCSIDriver(image_transfer.LibiscsiImageTransferMixin, driver.IS
         try:
             self._destroy_or_hide(ds, rows)
         except exception.DatasetBusy:
-            # A target nobody recorded (e.g. a remove_export that died half way).
-            self.tgt.unexport(self._iqn(volume), chap_user=chap_user)
+            # tgtd may hold the zvol a moment after its target is gone.
+            self.tgt.unexport(iqn)
             self._destroy_or_hide(ds, rows)
         if origin:
             self._collect(origin.partition("@")[0])
@@ -377,8 +406,10 @@ class ZFSonLinuxISCSIDriver(image_transfer.LibiscsiImageTransferMixin, driver.IS
         assert self.zfs is not None and self.tgt is not None
         ds = self._ds(volume["name"])
         self.zfs.set_volsize(ds, int(new_size) * GIB)
-        # tgtd reads the size when a LUN is created: re-create it so initiators see it.
-        self.tgt.refresh_lun(self._iqn(volume), "/dev/zvol/" + ds, LUN)
+        # tgtd reads the size when it opens the backing store: the wrapper re-opens it in
+        # place (the LUN never disappears; see doc/operator-guide.md "Online extend").
+        if self.tgt.resize_lun(self._iqn(volume)):
+            LOG.info("%s grown to %d GiB; its LUN now reports the new size", ds, new_size)
 
     def snapshot_revert_use_temp_snapshot(self) -> bool:
         """No safety snapshot before a revert: it would become the newest ZFS snapshot and
@@ -397,8 +428,8 @@ class ZFSonLinuxISCSIDriver(image_transfer.LibiscsiImageTransferMixin, driver.IS
             raise NotImplementedError(str(exc)) from exc
         # rollback restores the snapshot's volsize; Cinder keeps the volume's size.
         self._set_size(ds, int(volume["size"]), self.zfs.get(ds, ("volsize",))["volsize"])
-        # Re-open the zvol in tgtd: drops any page cache of the old content.
-        self.tgt.refresh_lun(self._iqn(volume), "/dev/zvol/" + ds, LUN)
+        # Re-open the zvol in tgtd (size and content as of the snapshot).
+        self.tgt.resize_lun(self._iqn(volume))
 
     def local_path(self, volume: Any) -> str:
         """The zvol's device path ON THE SAN (this host has no such device)."""
@@ -423,57 +454,83 @@ class ZFSonLinuxISCSIDriver(image_transfer.LibiscsiImageTransferMixin, driver.IS
 
     # -- exports --------------------------------------------------------------------------------
 
-    def _chap_for(self, info: dict, volume: Any) -> tgt.Chap | None:
+    def _use_chap(self) -> bool:
+        """Cinder's use_chap_auth, but True unless this backend's section (or
+        [backend_defaults]) sets it: Cinder's own iSCSI targets always use CHAP."""
         c = self.configuration
-        if not c.use_chap_auth:
-            return None
-        if info.get("zol:chap"):
-            user, _, secret = info["zol:chap"].partition(":")
-            return tgt.Chap(user, secret)
+        conf = getattr(c, "conf", None)
+        backend = getattr(conf, "backend_conf", None)
+        if backend is not None:
+            value = getattr(backend, "use_chap_auth", None)
+            if value is not None:
+                return bool(value)
+            try:
+                loc = CONF.get_location("use_chap_auth", "backend_defaults")
+            except (cfg.NoSuchOptError, AttributeError):
+                loc = None
+            if loc is not None and loc.location != cfg.Locations.opt_default:
+                return bool(CONF.backend_defaults.use_chap_auth)
+            return True
+        return bool(c.safe_get("use_chap_auth"))
+
+    def _stored_chap(self, volume: Any) -> tgt.Chap | None:
         auth = volume.get("provider_auth") if hasattr(volume, "get") else None
         if auth:
             parts = auth.split()
             if len(parts) == 3 and parts[0] == "CHAP":
                 return tgt.Chap(parts[1], parts[2])
+        return None
+
+    def _chap_for(self, volume: Any, create: bool) -> tgt.Chap | None:
+        """create_export: the stored, shared or a new per-volume account; ensure_export: only
+        what Cinder stored (or the shared account), never invented credentials."""
+        c = self.configuration
+        if not self._use_chap():
+            return None
+        stored = self._stored_chap(volume)
+        if stored:
+            return stored
         if c.chap_username and c.chap_password:
             return tgt.Chap(c.chap_username, c.chap_password)
-        return tgt.Chap(generate_secret(20), generate_secret(20))
+        if create:
+            return tgt.Chap(generate_secret(20), generate_secret(20))
+        LOG.warning("ensure_export: volume %s has no provider_auth (exported before CHAP was "
+                    "on): it stays exported without CHAP until it is attached again",
+                    volume["id"])
+        return None
 
-    def _export(self, volume: Any, must_exist: bool) -> dict | None:
-        """Record the export in zol:* properties, then make the target match them."""
+    def _portals(self) -> list[str]:
+        c = self.configuration
+        ips = [self._target_ip(), *(c.safe_get("target_secondary_ip_addresses") or [])]
+        return [f"{volume_utils.sanitize_host(ip)}:{c.target_port}" for ip in ips]
+
+    def _location(self, tid: int, iqn: str, lun: int) -> str:
+        return f"{';'.join(self._portals())},{tid} {iqn} {lun}"
+
+    def _export(self, volume: Any, create: bool) -> dict | None:
+        """Make the SAN serve the volume (the SAN records the export for restores)."""
         assert self.zfs is not None and self.tgt is not None
+        c = self.configuration
         ds = self._ds(volume["name"])
         iqn = self._iqn(volume)
-        info = self.zfs.info(ds)
+        info, _ = self._parallel(functools.partial(self.zfs.info, ds, ("name", "type")),
+                                 functools.partial(self._wait_zvol, ds, quiet=not create))
         if info is None:
-            if must_exist:
+            if create:
                 raise exception.ExportError(name=ds, iqn=iqn, reason="the zvol does not exist")
             LOG.warning("ensure_export: %s does not exist on the SAN", ds)
             return None
-        chap = self._chap_for(info, volume)
-        initiators = list(self.configuration.zol_target_initiators) or ["ALL"]
-        # zol:lun and zol:initiators are only written when they differ from the protocol's
-        # defaults (1 and ALL): every command costs ~0.3-1 s on a busy SAN.
-        want = {"zol:iqn": iqn, "zol:lun": None if LUN == 1 else str(LUN),
-                "zol:initiators": None if initiators == ["ALL"] else ",".join(initiators),
-                "zol:chap": f"{chap.user}:{chap.secret}" if chap else None}
-        calls: list[Callable[[], Any]] = []
-        for k, v in want.items():
-            if v is None and info.get(k):
-                calls.append(functools.partial(self.zfs.inherit, ds, k))
-            elif v is not None and info.get(k) != v:
-                calls.append(functools.partial(self.zfs.set_user, ds, k, v))
-        calls.append(functools.partial(self._wait_zvol, ds))
-        calls.append(self.tgt.show)
-        targets = self._parallel(*calls)[-1]
-        tid = self.tgt.export(iqn, "/dev/zvol/" + ds, LUN, chap, initiators, targets=targets)
+        chap = self._chap_for(volume, create)
+        initiators = list(c.zol_target_initiators) or ["ALL"]
+        tid = self.tgt.export(ds, iqn, str(volume["id"]), LUN, chap, initiators,
+                              thin=self._thin, write_cache=c.safe_get("iscsi_write_cache")
+                              != "off")
         update = {"provider_location": self._location(tid, iqn, LUN),
                   "provider_auth": f"CHAP {chap.user} {chap.secret}" if chap else None}
-        LOG.debug("exported %s as %s (tid %d, chap %s)", ds, iqn, tid,
-                  "on" if chap else "off")
+        LOG.info("exported %s as %s (tid %d, CHAP %s)", ds, iqn, tid, "on" if chap else "off")
         return update
 
-    def _wait_zvol(self, ds: str) -> None:
+    def _wait_zvol(self, ds: str, quiet: bool = False) -> None:
         """Wait for /dev/zvol/DS; if udev dropped the link, make ZFS announce the zvol again.
 
         Linux >= 5.13 with OpenZFS 2.1: udev's zvol_id can fail with ERESTARTSYS while other
@@ -489,6 +546,8 @@ class ZFSonLinuxISCSIDriver(image_transfer.LibiscsiImageTransferMixin, driver.IS
         except exception.WrapperDenied:
             raise
         except exception.ZfsError as exc:
+            if quiet and self.zfs.info(ds, ("name",)) is None:
+                return
             LOG.warning("%s; renaming the zvol there and back to replay its udev event", exc)
         tmp = ds + ".relink"
         self.zfs.rename(ds, tmp)
@@ -497,35 +556,33 @@ class ZFSonLinuxISCSIDriver(image_transfer.LibiscsiImageTransferMixin, driver.IS
 
     @_translate
     def create_export(self, context: Any, volume: Any, connector: Any) -> dict:
-        update = self._export(volume, must_exist=True)
+        update = self._export(volume, create=True)
         assert update is not None
         return update
 
     @_translate
     def ensure_export(self, context: Any, volume: Any) -> dict | None:
-        return self._export(volume, must_exist=False)
+        return self._export(volume, create=False)
 
     @_translate
     def remove_export(self, context: Any, volume: Any) -> None:
-        assert self.zfs is not None and self.tgt is not None
-        ds = self._ds(volume["name"])
-        info = self.zfs.info(ds)
-        chap_user = None
-        calls: list[Callable[[], Any]] = []
-        if info is not None:
-            if info.get("zol:chap"):
-                chap_user = info["zol:chap"].partition(":")[0]
-            # Forget the export first so a tgtd restart meanwhile cannot bring it back.
-            calls = [functools.partial(self.zfs.inherit, ds, p)
-                     for p in EXPORT_PROPS if info.get(p)]
-        calls.append(self.tgt.show)
-        targets = self._parallel(*calls)[-1]
-        self.tgt.unexport(self._iqn(volume), chap_user=chap_user, targets=targets)
+        assert self.tgt is not None
+        # The shared chap_username account stays while any other target is bound to it.
+        self.tgt.unexport(self._iqn(volume))
 
     def initialize_connection(self, volume: Any, connector: Any) -> dict:
+        """Cinder's iSCSI properties (all portals of provider_location when the connector
+        asks for multipath), CHAP from provider_auth, discard only on thin backends (the LUN
+        then has thin_provisioning=1 and accepts UNMAP)."""
         info = super().initialize_connection(volume, connector)
+        data = info["data"]
         info["driver_volume_type"] = "iscsi"
-        info["data"]["discard"] = True
+        data["discard"] = self._thin
+        if (connector or {}).get("multipath") and "target_portals" not in data:
+            # As Cinder's ISCSITarget: a multipath connector always gets the lists.
+            data["target_portals"] = [data["target_portal"]]
+            data["target_iqns"] = [data["target_iqn"]]
+            data["target_luns"] = [data["target_lun"]]
         return info
 
     def terminate_connection(self, volume: Any, connector: Any, **kwargs: Any) -> bool:
@@ -561,6 +618,8 @@ class ZFSonLinuxISCSIDriver(image_transfer.LibiscsiImageTransferMixin, driver.IS
             "thin_provisioning_support": self._thin,
             "thick_provisioning_support": not self._thin,
             "multiattach": True, "QoS_support": False,
+            # One target per volume: os-brick needs no per-host lock around (dis)connects.
+            "shared_targets": False,
             "location_info": f"ZFSonLinuxISCSIDriver:{c.san_ip or 'local'}:{self.zfs.parent}",
             "filter_function": self.get_filter_function(),
             "goodness_function": self.get_goodness_function(),
@@ -618,20 +677,35 @@ class ZFSonLinuxISCSIDriver(image_transfer.LibiscsiImageTransferMixin, driver.IS
         if info is None or info["type"] != "volume":
             raise cinder_exception.ManageExistingInvalidReference(
                 existing_ref=existing_ref, reason=f"no zvol {ds}")
-        if ds.rpartition("/")[2].startswith(HIDDEN_PREFIX) or info.get("zol:deleted"):
+        comp = ds.rpartition("/")[2]
+        if comp.startswith(HIDDEN_PREFIX) or info.get("zol:deleted"):
             raise cinder_exception.ManageExistingInvalidReference(
                 existing_ref=existing_ref, reason="a deleted volume kept for its clones")
         return info
+
+    def _refuse_managed_volume(self, volume: Any, info: dict, existing_ref: Any) -> None:
+        """A zvol named like a Cinder volume (volume-<uuid>), or one that is exported, is
+        already Cinder's: managing it again would rename a live volume away."""
+        assert self.tgt is not None
+        comp = info["name"].rpartition("/")[2]
+        if info["name"] == self._ds(volume["name"]):
+            return
+        if volume_utils.extract_id_from_volume_name(comp) or comp.startswith(
+                CONF.volume_name_template.partition("%")[0]):
+            raise cinder_exception.ManageExistingAlreadyManaged(volume_ref=comp)
+        path = "/dev/zvol/" + info["name"]
+        if any(lun.backing_store == path for t in self.tgt.show().values()
+               for lun in t.luns.values()):
+            raise cinder_exception.ManageExistingInvalidReference(
+                existing_ref=existing_ref, reason="it is exported by an iSCSI target")
 
     @_translate
     def manage_existing(self, volume: Any, existing_ref: Any) -> dict | None:
         assert self.zfs is not None
         info = self._existing_volume(existing_ref)
+        self._refuse_managed_volume(volume, info, existing_ref)
         target = self._ds(volume["name"])
         if info["name"] != target:
-            if info.get("zol:iqn"):
-                raise cinder_exception.ManageExistingInvalidReference(
-                    existing_ref=existing_ref, reason="it is exported (zol:iqn is set)")
             self.zfs.rename(info["name"], target)
         return None
 
@@ -652,7 +726,7 @@ class ZFSonLinuxISCSIDriver(image_transfer.LibiscsiImageTransferMixin, driver.IS
                 existing_ref=existing_ref, reason=f"not a snapshot of {ds}")
         try:
             self.zfs.check_snap(full)
-            info = self.zfs.info(full, ("name", "type", "volsize"))
+            info = self.zfs.info(full, ("name", "type", "volsize", "defer_destroy"))
         except exception.ZolException as exc:
             raise cinder_exception.ManageExistingInvalidReference(
                 existing_ref=existing_ref, reason=str(exc)) from exc
@@ -661,10 +735,25 @@ class ZFSonLinuxISCSIDriver(image_transfer.LibiscsiImageTransferMixin, driver.IS
                 existing_ref=existing_ref, reason=f"no snapshot {full}")
         return info
 
+    def _refuse_managed_snapshot(self, snapshot: Any, info: dict, existing_ref: Any) -> None:
+        """Cinder's own snapshots (snapshot-<uuid>), clone sources (clone-<id>) and snapshots
+        already deferred-destroyed are not for managing."""
+        name = info["name"].partition("@")[2]
+        if info["name"] == self._snap(snapshot):
+            return
+        if volume_utils.extract_id_from_snapshot_name(name) or name.startswith(
+                CONF.snapshot_name_template.partition("%")[0]):
+            raise cinder_exception.ManageExistingAlreadyManaged(volume_ref=info["name"])
+        if name.startswith(CLONE_SNAP_PREFIX) or info.get("defer_destroy") == "on":
+            raise cinder_exception.ManageExistingInvalidReference(
+                existing_ref=existing_ref,
+                reason="a clone's source or a snapshot already destroyed (deferred)")
+
     @_translate
     def manage_existing_snapshot(self, snapshot: Any, existing_ref: Any) -> dict | None:
         assert self.zfs is not None
         info = self._existing_snapshot(snapshot, existing_ref)
+        self._refuse_managed_snapshot(snapshot, info, existing_ref)
         target = self._snap(snapshot)
         if info["name"] != target:
             self.zfs.rename(info["name"], target)
@@ -680,11 +769,14 @@ class ZFSonLinuxISCSIDriver(image_transfer.LibiscsiImageTransferMixin, driver.IS
     @_translate
     def get_manageable_volumes(self, cinder_volumes: list, marker: Any, limit: Any,
                                offset: Any, sort_keys: Any, sort_dirs: Any) -> list:
-        assert self.zfs is not None
+        assert self.zfs is not None and self.tgt is not None
         ids = {v["id"] for v in cinder_volumes}
         entries = []
-        for row in self.zfs.inventory(("name", "type", "volsize", "zol:iqn", "zol:deleted"),
-                                      types=("volume",)):
+        rows, targets = self._parallel(
+            functools.partial(self.zfs.inventory, ("name", "type", "volsize", "zol:deleted"),
+                              types=("volume",)), self.tgt.show)
+        exported = {lun.backing_store for t in targets.values() for lun in t.luns.values()}
+        for row in rows:
             comp = row["name"].rpartition("/")[2]
             if row["type"] != "volume" or comp.startswith(HIDDEN_PREFIX) or row["zol:deleted"]:
                 continue
@@ -695,7 +787,7 @@ class ZFSonLinuxISCSIDriver(image_transfer.LibiscsiImageTransferMixin, driver.IS
                      "safe_to_manage": True, "reason_not_safe": None}
             if vid in ids:
                 entry.update(safe_to_manage=False, reason_not_safe="already managed")
-            elif row["zol:iqn"]:
+            elif "/dev/zvol/" + row["name"] in exported:
                 entry.update(safe_to_manage=False, reason_not_safe="exported")
             entries.append(entry)
         return volume_utils.paginate_entries_list(entries, marker, limit, offset, sort_keys,

@@ -117,7 +117,7 @@ class NotMostRecentSnapshot(ZfsError):
 # -- tgt ------------------------------------------------------------------------------------
 
 class TargetError(CommandFailed):
-    message = "tgtadm command %(command)s failed (exit %(exit_code)s): %(stderr)s"
+    message = "iSCSI export command %(command)s failed (exit %(exit_code)s): %(stderr)s"
 
 
 class TargetNotFound(TargetError):
@@ -130,6 +130,11 @@ class TargetExists(TargetError):
 
 class TargetBusy(TargetError):
     message = "iSCSI target is busy: %(stderr)s"
+
+
+class TargetConflict(TargetError):
+    message = ("The SAN refused to change a target, LUN or CHAP account that is not this "
+               "volume's: %(stderr)s")
 
 
 class ExportError(ZolException):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from oslo_config import cfg
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 zol_opts = [
     cfg.StrOpt("zol_parent_dataset",

@@ -27,9 +27,11 @@ ALLOWED_PROPS = frozenset((
     "name", "type", "volsize", "used", "available", "referenced", "volblocksize",
     "refreservation", "reservation", "origin", "clones", "creation", "guid", "written",
     "usedbysnapshots", "usedbydataset", "usedbychildren", "compressratio", "logicalused",
-    "logicalreferenced", "defer_destroy", "userrefs", "zol:iqn", "zol:lun", "zol:chap",
+    "logicalreferenced", "defer_destroy", "userrefs", "zol:iqn", "zol:lun",
     "zol:initiators", "zol:deleted"))
-USER_PROPS = ("zol:iqn", "zol:lun", "zol:chap", "zol:initiators", "zol:deleted")
+# Protocol 2: the driver only sets the deletion mark; exports live in the wrapper's state file
+# (the v1 zol:iqn/zol:lun/zol:chap/zol:initiators properties are migrated by the wrapper).
+USER_PROPS = ("zol:deleted",)
 TYPES = frozenset(("volume", "snapshot", "filesystem"))
 NUMERIC_PROPS = frozenset(("volsize", "used", "available", "referenced", "volblocksize",
                            "refreservation", "reservation", "creation", "guid", "written",
@@ -38,8 +40,7 @@ NUMERIC_PROPS = frozenset(("volsize", "used", "available", "referenced", "volblo
 
 # Properties the driver reads for one volume and its snapshots.
 VOLUME_PROPS = ("name", "type", "volsize", "used", "refreservation", "origin", "clones",
-                "defer_destroy", "zol:iqn", "zol:lun", "zol:chap", "zol:initiators",
-                "zol:deleted")
+                "defer_destroy", "zol:deleted")
 
 # stderr fragments of OpenZFS 2.1 (captured verbatim in tests/fixtures/san/) -> exception.
 _ERRORS: tuple[tuple[str, type[exception.ZfsError]], ...] = (
@@ -365,8 +366,8 @@ class ZfsClient:
             raise exception.InvalidValue(kind="user property", value=prop,
                                          reason=f"one of {USER_PROPS}")
         if not USERVALUE_RE.fullmatch(value):
-            raise exception.InvalidValue(kind=prop, value="(hidden)" if prop == "zol:chap"
-                                         else value, reason="characters outside the protocol")
+            raise exception.InvalidValue(kind=prop, value=value,
+                                         reason="characters outside the protocol")
         self.run(["zfs", "set", f"{prop}={value}", self.check_ds(ds)])
 
     def inherit(self, ds: str, prop: str) -> None:

@@ -1,10 +1,10 @@
-"""Fake absolute `zfs` and `tgtadm` binaries for testing the SAN wrapper without a SAN.
+"""A fake `zfs` binary and a model of tgtd for testing the SAN wrapper without a SAN.
 
-The wrapper execs whatever absolute paths its config names, so the tests point it at these
-small scripts: each records the exact argv it received (one JSON list per line), which is what
-"nothing outside the grammar reaches exec" is checked against.  The fake tgtadm keeps real
-state (targets, LUNs, ACLs, accounts) in a JSON file and prints `--op show` in tgtadm's format,
-so the wrapper's tid allocation and restore-exports run against something that can say no.
+The wrapper execs whatever absolute zfs path its config names, so the tests point it at a
+small script that records the exact argv it received (one JSON list per line), which is what
+"nothing outside the grammar reaches exec" is checked against.  tgtd is a FakeTgtd
+(tests/helpers/faketgtd.py) serving tgtd's management protocol on a unix socket named by the
+config's tgtd_socket, so the wrapper's export verbs run against something that can say no.
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import os
 import textwrap
 from pathlib import Path
 
+from tests.helpers.faketgtd import FakeTgtd
 from tests.helpers.scripts import load_script
 
 PYTHON = "/usr/bin/python3"
@@ -62,94 +63,6 @@ FAKE_ZFS = textwrap.dedent('''\
     sys.exit(rc)
 ''')
 
-FAKE_TGTADM = textwrap.dedent('''\
-    #!%(python)s -S
-    # fake tgtadm: records argv; keeps targets/accounts in %(dir)s/tgt.json like tgtd would.
-    import fcntl, json, sys
-    D = %(dir)r
-    a = sys.argv[1:]
-    with open(D + "/argv.jsonl", "a") as f:
-        f.write(json.dumps(["tgtadm"] + a) + "\\n")
-    def opt(name, default=None):
-        return a[a.index(name) + 1] if name in a else default
-    lockf = open(D + "/tgt.json.lock", "a")
-    fcntl.flock(lockf, fcntl.LOCK_EX)
-    try:
-        st = json.load(open(D + "/tgt.json"))
-    except OSError:
-        st = {"targets": {}, "accounts": {}}
-    mode, op = opt("--mode"), opt("--op")
-    T = st["targets"]
-    def fail(msg, rc=22):
-        sys.stderr.write("tgtadm: " + msg + "\\n")
-        sys.exit(rc)
-    if mode == "target" and op == "show":
-        for tid in sorted(T, key=int):
-            t = T[tid]
-            print("Target %%s: %%s" %% (tid, t["iqn"]))
-            print("    System information:\\n        Driver: iscsi\\n        State: ready")
-            print("    I_T nexus information:\\n    LUN information:")
-            print("        LUN: 0\\n            Type: controller")
-            for lun, path in sorted(t["luns"].items()):
-                print("        LUN: %%s\\n            Type: disk" %% lun)
-                print("            Backing store path: %%s" %% path)
-            print("    Account information:")
-            for u in t["accounts"]:
-                print("        " + u)
-            print("    ACL information:")
-            for i in t["acl"]:
-                print("        " + i)
-    elif mode == "target" and op == "new":
-        tid = opt("--tid")
-        if tid in T:
-            fail("this target already exists")
-        if any(t["iqn"] == opt("--targetname") for t in T.values()):
-            fail("this target already exists")
-        T[tid] = {"iqn": opt("--targetname"), "luns": {}, "acl": [], "accounts": []}
-    elif mode == "target" and op == "delete":
-        if opt("--tid") not in T:
-            fail("can't find the target")
-        del T[opt("--tid")]
-    elif mode == "target" and op in ("bind", "unbind"):
-        t = T.get(opt("--tid")) or fail("can't find the target")
-        ini = opt("--initiator-address")
-        if op == "bind" and ini not in t["acl"]:
-            t["acl"].append(ini)
-        elif op == "unbind":
-            t["acl"].remove(ini) if ini in t["acl"] else fail("can't find the address")
-    elif mode == "logicalunit" and op == "new":
-        t = T.get(opt("--tid")) or fail("can't find the target")
-        if opt("--lun") in t["luns"]:
-            fail("this logical unit number already exists")
-        t["luns"][opt("--lun")] = opt("--backing-store")
-    elif mode == "logicalunit" and op == "delete":
-        t = T.get(opt("--tid")) or fail("can't find the target")
-        t["luns"].pop(opt("--lun"), None) or fail("can't find the logical unit")
-    elif mode == "account" and op == "show":
-        print("Account list:")
-        for u in sorted(st["accounts"]):
-            print("    " + u)
-    elif mode == "account" and op == "new":
-        if opt("--user") in st["accounts"]:
-            fail("this account already exists")
-        st["accounts"][opt("--user")] = opt("--password")
-    elif mode == "account" and op == "delete":
-        st["accounts"].pop(opt("--user"), None) or fail("can't find the account")
-    elif mode == "account" and op in ("bind", "unbind"):
-        t = T.get(opt("--tid")) or fail("can't find the target")
-        u = opt("--user")
-        if u not in st["accounts"]:
-            fail("can't find the account")
-        if op == "bind" and u not in t["accounts"]:
-            t["accounts"].append(u)
-        elif op == "unbind" and u in t["accounts"]:
-            t["accounts"].remove(u)
-    else:
-        fail("unknown mode/op", 1)
-    json.dump(st, open(D + "/tgt.json", "w"))
-''')
-
-
 class FakeSan:
     """A directory with fake zfs/tgtadm, a zvol dir, and a wrapper config pointing at them."""
 
@@ -158,8 +71,9 @@ class FakeSan:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.zfs = self.root / "bin" / "zfs"
-        self.tgtadm = self.root / "bin" / "tgtadm"
         self.zvol_dir = self.root / "zvol"
+        self.state_dir = self.root / "state"
+        self.socket = self.root / "tgtd.sock"
         self.log_file = self.root / "wrapper.log"
         self.lock_file = self.root / "wrapper.lock"
         self.conf = self.root / "wrapper.conf"
@@ -168,17 +82,21 @@ class FakeSan:
         (self.root / "bin").mkdir(exist_ok=True)
         self.zvol_dir.mkdir(exist_ok=True)
         subst = {"python": PYTHON, "dir": str(self.root)}
-        for path, text in ((self.zfs, FAKE_ZFS), (self.tgtadm, FAKE_TGTADM)):
-            path.write_text(text % subst)
-            path.chmod(0o755)
+        self.zfs.write_text(FAKE_ZFS % subst)
+        self.zfs.chmod(0o755)
+        self.tgtd = FakeTgtd().serve(str(self.socket))
         self.write_conf(syslog=syslog)
+
+    def close(self) -> None:
+        self.tgtd.stop()
 
     def conf_text(self, syslog: bool | str = False, **override) -> str:
         values = {"parents": " ".join(self.parents), "iqn_prefix": self.iqn_prefix,
-                  "zfs": str(self.zfs), "tgtadm": str(self.tgtadm),
+                  "zfs": str(self.zfs),
                   "log_file": str(self.log_file), "lock_file": str(self.lock_file),
                   "syslog": syslog if isinstance(syslog, str) else ("yes" if syslog else "no"),
-                  "zvol_dir": str(self.zvol_dir)}
+                  "zvol_dir": str(self.zvol_dir), "tgtd_socket": str(self.socket),
+                  "state_dir": str(self.state_dir)}
         values.update(override)
         return "[wrapper]\n" + "".join(f"{k} = {v}\n" for k, v in values.items()
                                        if v is not None)
@@ -203,15 +121,23 @@ class FakeSan:
                 pass
 
     def tgt_state(self) -> dict:
-        p = self.root / "tgt.json"
-        return json.loads(p.read_text()) if p.exists() else {"targets": {}, "accounts": {}}
+        """{"targets": {tid: {"iqn", "luns": {lun: path}, "acl", "accounts"}}, "accounts"}."""
+        with self.tgtd.lock:
+            return {"targets": {str(t.tid): {"iqn": t.iqn,
+                                             "luns": {str(n): lu.path for n, lu in t.luns.items()},
+                                             "acl": list(t.acls), "accounts": list(t.accounts)}
+                                for t in self.tgtd.targets.values()},
+                    "accounts": dict(self.tgtd.accounts)}
 
     def reset_tgt(self) -> None:
         """What `systemctl restart tgt` does to tgtd's memory."""
-        try:
-            os.unlink(self.root / "tgt.json")
-        except FileNotFoundError:
-            pass
+        with self.tgtd.lock:
+            self.tgtd.targets.clear()
+            self.tgtd.accounts.clear()
+
+    def export_state(self) -> dict:
+        p = self.state_dir / "exports.json"
+        return json.loads(p.read_text()) if p.exists() else {}
 
     def set_zfs_get(self, rows: list[tuple[str, str, str]]) -> None:
         """Canned output of `zfs get -H -p -r ... zol:*` (name, property, value rows)."""

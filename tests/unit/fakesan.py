@@ -1,21 +1,34 @@
-"""A stateful fake ZFS SAN (zfs + tgtadm + zol-wrapper verbs) for the driver's unit tests.
+"""A stateful fake ZFS SAN (zfs + the wrapper's export verbs) for the driver's unit tests.
 
-It implements the Executor protocol and answers in the formats captured verbatim from the
-real SAN VM (tests/fixtures/san/*.json): tab-separated ``-H -p`` rows, ``-`` for unset
-properties, tgtadm's indented show output and the exact error lines.  test_fakesan_matches_
-captures replays the captured commands against a FakeSan in the same state and compares the
-output byte for byte, so the fake cannot drift from the real thing unnoticed.
+It implements the Executor protocol and answers zfs commands in the formats captured verbatim
+from the real SAN VM (tests/fixtures/san/*.json): tab-separated ``-H -p`` rows, ``-`` for unset
+properties and the exact error lines.  test_fakesan_matches_captures replays the captured
+commands against a FakeSan in the same state and compares the output byte for byte, so the
+fake cannot drift from the real thing unnoticed.
+
+The export verbs (export, unexport, resize-lun, show-exports, restore-exports) are not faked:
+they run the REAL wrapper (wrappers/zol-ssh-wrapper, in-process, through its grammar and
+main()) against a FakeTgtd model behind tgtd's real management-socket protocol, with a
+private state dir; the wrapper's own zfs calls come back to this fake.
 
 Every argv is recorded (self.calls) so the tests can publish the driver's command set for the
 wrapper's contract test (tests/fixtures/driver_argv.jsonl).
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import itertools
+import os
 import re
+import shutil
+import sys
+import tempfile
 import threading
 from dataclasses import dataclass, field
 
+from tests.helpers.faketgtd import FakeTgtd
+from tests.helpers.fakesan import load_wrapper
 from zol_driver.ssh import Result, check_result, command_string
 
 TGT_ERR = 22
@@ -36,13 +49,7 @@ class Dataset:
     creation: int = 0
 
 
-@dataclass
-class FakeTarget:
-    tid: int
-    iqn: str
-    luns: dict[int, tuple[str, int]] = field(default_factory=dict)   # lun -> (path, bytes)
-    accounts: list[str] = field(default_factory=list)
-    acls: list[str] = field(default_factory=list)
+WRAPPER_VERBS = ("export", "unexport", "resize-lun", "show-exports", "restore-exports")
 
 
 class FakeSan:
@@ -56,8 +63,19 @@ class FakeSan:
         self.ds: dict[str, Dataset] = {}
         for p in ["zol", *parents]:
             self.ds[p] = Dataset(p, "filesystem", used=212992)
-        self.targets: dict[int, FakeTarget] = {}
-        self.accounts: dict[str, str] = {}
+        self.dir = tempfile.mkdtemp(prefix="fakesan-")
+        self.zvol_dir = os.path.join(self.dir, "zvol")
+        self.tgtd = FakeTgtd(size_of=self._zvol_size).serve(os.path.join(self.dir, "tgtd.sock"))
+        self.conf = os.path.join(self.dir, "wrapper.conf")
+        with open(self.conf, "w") as f:
+            f.write("[wrapper]\n" + "".join(f"{k} = {v}\n" for k, v in {
+                "parents": " ".join(self.parents), "iqn_prefix": iqn_prefix,
+                "zfs": "/bin/false", "log_file": os.path.join(self.dir, "wrapper.log"),
+                "lock_file": os.path.join(self.dir, "wrapper.lock"), "syslog": "no",
+                "zvol_dir": self.zvol_dir, "tgtd_socket": self.tgtd.path,
+                "state_dir": os.path.join(self.dir, "state")}.items()))
+        self.wrapper = load_wrapper()
+        self.wrapper.run = self._wrapper_zfs
         self.calls: list[list[str]] = []
         self.lock = threading.RLock()
         self.fail_next: dict[str, list[tuple[int, str]]] = {}   # argv[0:2] key -> answers
@@ -65,7 +83,8 @@ class FakeSan:
         self.unlinked: set[str] = set()      # zvols whose /dev/zvol link udev dropped
         self.tgtd_up = True
         self._clock = itertools.count(1)
-        self.protocol_line = "zol-ssh-wrapper 1.0.0 protocol 1\n"
+        self.protocol_line = "zol-ssh-wrapper 2.0.0 protocol 2\n"
+        self.stdins: list[str | None] = []
 
     # -- Executor -------------------------------------------------------------------------------
 
@@ -74,17 +93,74 @@ class FakeSan:
         command_string(argv)
         with self.lock:
             self.calls.append(argv)
+            self.stdins.append(stdin if stdin is None or isinstance(stdin, str)
+                               else stdin.decode())
             key = " ".join(argv[:2])
             if self.fail_next.get(key):
                 code, err = self.fail_next[key].pop(0)
                 res = Result(tuple(argv), code, "", err)
             else:
-                code, out, err = self._dispatch(argv)
+                code, out, err = self._dispatch(argv, stdin)
                 res = Result(tuple(argv), code, out, err)
         return check_result(res, self.host) if check else res
 
     def close(self):
         pass
+
+    def shutdown(self):
+        self.tgtd.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    # -- the real wrapper's export verbs --------------------------------------------------------
+
+    @property
+    def targets(self):
+        """tid -> FakeTgtd target (iqn, luns {lun: FLun(path, size, scsi_id, thin, ...)},
+        acls, accounts)."""
+        return self.tgtd.targets
+
+    @property
+    def accounts(self):
+        return self.tgtd.accounts
+
+    def _lun_path_in_use(self, ds):
+        path = os.path.join(self.zvol_dir, ds)
+        return any(lu.path == path for t in self.tgtd.targets.values() for lu in t.luns.values())
+
+    def _zvol_size(self, path):
+        d = self.ds.get(path[len(self.zvol_dir) + 1:]) if path.startswith(self.zvol_dir) \
+            else None
+        return d.volsize if d is not None and d.type == "volume" else None
+
+    def _sync_zvol_links(self):
+        """/dev/zvol/<ds> exists for every volume udev announced (not self.unlinked)."""
+        shutil.rmtree(self.zvol_dir, ignore_errors=True)
+        for d in self.ds.values():
+            if d.type == "volume" and d.name not in self.unlinked:
+                p = os.path.join(self.zvol_dir, d.name)
+                os.makedirs(os.path.dirname(p), exist_ok=True)
+                open(p, "w").close()
+
+    def _wrapper_zfs(self, cfg, argv, timeout=120.0, check=True):
+        code, out, err = self._zfs(list(argv[1:]))
+        if check and code:
+            raise self.wrapper.VerbError(f"{' '.join(argv[:2])} exited {code}: {err.strip()}")
+        return Result(tuple(argv), code, out, err)
+
+    def _wrapper_verb(self, argv, stdin):
+        """Run the real wrapper (grammar + verb) in-process: (exit, stdout, stderr)."""
+        self._sync_zvol_links()
+        out, err = io.StringIO(), io.StringIO()
+        data = stdin.encode() if isinstance(stdin, str) else (stdin or b"")
+        fake_stdin = io.TextIOWrapper(io.BytesIO(data), encoding="ascii")
+        old_stdin = sys.stdin
+        sys.stdin = fake_stdin
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                code = self.wrapper.main([self.conf, "--", *argv])
+        finally:
+            sys.stdin = old_stdin
+        return code, out.getvalue(), err.getvalue()
 
     # -- helpers --------------------------------------------------------------------------------
 
@@ -140,11 +216,14 @@ class FakeSan:
 
     # -- zfs ------------------------------------------------------------------------------------
 
-    def _dispatch(self, argv):
+    def _dispatch(self, argv, stdin=None):
         if argv[0] == "zfs":
             return self._zfs(argv[1:])
-        if argv[0] == "tgtadm":
-            return self._tgtadm(argv[1:])
+        if argv[0] == "zol-wrapper" and argv[1:2] and argv[1] in WRAPPER_VERBS:
+            if not self.tgtd_up:
+                return (68, "", f"zol-ssh-wrapper: {argv[1]}: tgtd: show targets: [Errno 111] "
+                                "Connection refused (is tgt.service running?)\n")
+            return self._wrapper_verb(argv, stdin)
         if argv[0] == "zol-wrapper":
             return self._verb(argv[1:])
         return (64, "", f"zol-ssh-wrapper: denied: unknown command {argv[0]!r}\n")
@@ -171,12 +250,23 @@ class FakeSan:
             out = "".join("\t".join(self.prop(d, p) for p in props) + "\n" for d in rows)
             return (0, out, "")
         if op == "get":
-            props = a[5].split(",")
-            name = a[6]
+            cols = a[a.index("-o") + 1].split(",")
+            types = a[a.index("-t") + 1].split(",") if "-t" in a else None
+            props, name = a[-2].split(","), a[-1]
             if name not in self.ds:
                 return self._open_err(name)
-            d = self.ds[name]
-            return (0, "".join(f"{name}\t{p}\t{self.prop(d, p)}\n" for p in props), "")
+            rows = [self.ds[name]]
+            if "-r" in a:
+                rows += sorted(self.children(name), key=lambda d: d.name)
+            rows = [d for d in rows if types is None or d.type in types]
+            out = []
+            for d in rows:
+                for p in props:
+                    value = self.prop(d, p)
+                    src = "local" if p in d.props else "-"
+                    cell = {"name": d.name, "property": p, "value": value, "source": src}
+                    out.append("\t".join(cell[c] for c in cols) + "\n")
+            return (0, "".join(out), "")
         if op == "create":
             sparse = "-s" in a
             bs = int(a[a.index("-b") + 1]) if "-b" in a else 16384
@@ -222,7 +312,7 @@ class FakeSan:
                 return (1, "", f"cannot destroy '{name}': volume has children\n"
                                "use '-r' to destroy the following datasets:\n"
                         + "".join(k.name + "\n" for k in kids))
-            if name in self.busy or self._lun_path_in_use("/dev/zvol/" + name):
+            if name in self.busy or self._lun_path_in_use(name):
                 self.busy.discard(name)
                 return (1, "", f"cannot destroy '{name}': dataset is busy\n")
             origin = self.ds.pop(name).origin
@@ -294,103 +384,6 @@ class FakeSan:
             return (0, "", "")
         return (64, "", f"zol-ssh-wrapper: denied: zfs {op}\n")
 
-    # -- tgtadm ---------------------------------------------------------------------------------
-
-    def _lun_path_in_use(self, path):
-        return any(p == path for t in self.targets.values() for p, _ in t.luns.values())
-
-    def _tgt_show(self):
-        out = []
-        for tid in sorted(self.targets):
-            t = self.targets[tid]
-            out.append(f"Target {tid}: {t.iqn}\n    System information:\n        Driver: iscsi\n"
-                       "        State: ready\n    I_T nexus information:\n"
-                       "    LUN information:\n")
-            luns = {0: (None, 0), **t.luns}
-            for lun in sorted(luns):
-                path, size = luns[lun]
-                kind = "controller" if lun == 0 else "disk"
-                mb = (size + 500000) // 1000000
-                bs = 1 if lun == 0 else 512
-                out.append(
-                    f"        LUN: {lun}\n            Type: {kind}\n"
-                    f"            SCSI ID: IET     {tid:04d}{lun:04d}\n"
-                    f"            SCSI SN: beaf{tid}{lun}\n"
-                    f"            Size: {mb} MB, Block size: {bs}\n"
-                    "            Online: Yes\n            Removable media: No\n"
-                    "            Prevent removal: No\n            Readonly: No\n"
-                    "            SWP: No\n            Thin-provisioning: No\n"
-                    f"            Backing store type: {'null' if lun == 0 else 'rdwr'}\n"
-                    f"            Backing store path: {path or 'None'}\n"
-                    "            Backing store flags: \n")
-            out.append("    Account information:\n")
-            out.extend(f"        {u}\n" for u in t.accounts)
-            out.append("    ACL information:\n")
-            out.extend(f"        {a}\n" for a in t.acls)
-        return "".join(out)
-
-    def _tgtadm(self, a):
-        if not self.tgtd_up:
-            return (107, "", ("tgtadm: failed to send request hdr to tgt daemon, "
-                             "Transport endpoint is not connected\n"))
-        opt = {a[i]: a[i + 1] for i in range(len(a) - 1) if a[i].startswith("--")
-               and not a[i + 1].startswith("--")}
-        mode, op = opt["--mode"], opt["--op"]
-        force = "--force" in a
-        tid = int(opt["--tid"]) if "--tid" in opt else None
-        t = self.targets.get(tid) if tid is not None else None
-        if mode == "target" and op == "show":
-            return (0, self._tgt_show(), "")
-        if mode == "account" and op == "show":
-            return (0, "Account list:\n" + "".join(f"    {u}\n" for u in self.accounts), "")
-        if mode == "account" and op == "new":
-            if opt["--user"] in self.accounts:
-                return (TGT_ERR, "", "tgtadm: this account already exists\n")
-            self.accounts[opt["--user"]] = opt["--password"]
-            return (0, "", "")
-        if mode == "account" and op == "delete":
-            if opt["--user"] not in self.accounts:
-                return (TGT_ERR, "", "tgtadm: can't find the account\n")
-            del self.accounts[opt["--user"]]
-            for tt in self.targets.values():
-                if opt["--user"] in tt.accounts:
-                    tt.accounts.remove(opt["--user"])
-            return (0, "", "")
-        if t is None:
-            return (TGT_ERR, "", "tgtadm: can't find the target\n")
-        if mode == "account" and op == "bind":
-            if opt["--user"] not in self.accounts:
-                return (TGT_ERR, "", "tgtadm: can't find the account\n")
-            if opt["--user"] not in t.accounts:
-                t.accounts.append(opt["--user"])
-            return (0, "", "")
-        if mode == "logicalunit" and op == "new":
-            lun = int(opt["--lun"])
-            if lun in t.luns:
-                return (TGT_ERR, "", "tgtadm: this logical unit number already exists\n")
-            path = opt["--backing-store"]
-            ds = self.ds.get(path[len("/dev/zvol/"):])
-            if ds is None:
-                return (TGT_ERR, "", "tgtadm: invalid request\n")
-            t.luns[lun] = (path, ds.volsize or 0)
-            return (0, "", "")
-        if mode == "logicalunit" and op == "delete":
-            if int(opt["--lun"]) not in t.luns:
-                return (TGT_ERR, "", "tgtadm: can't find the logical unit\n")
-            del t.luns[int(opt["--lun"])]
-            return (0, "", "")
-        if mode == "target" and op == "bind":
-            addr = opt["--initiator-address"]
-            if addr in t.acls:
-                return (TGT_ERR, "", "tgtadm: this access control rule already exists\n")
-            t.acls.append(addr)
-            return (0, "", "")
-        if mode == "target" and op == "delete":
-            assert force or not t.luns
-            del self.targets[tid]
-            return (0, "", "")
-        return (64, "", "zol-ssh-wrapper: denied: tgtadm\n")
-
     # -- wrapper verbs --------------------------------------------------------------------------
 
     def _verb(self, a):
@@ -401,13 +394,6 @@ class FakeSan:
                 return (0, "", "")
             return (1, "", (f"zol-ssh-wrapper: /dev/zvol/{a[1]} did not appear within "
                            f"{a[2] if len(a) > 2 else 30} s\n"))
-        if a[0] == "new-target":
-            for t in self.targets.values():
-                if t.iqn == a[1]:
-                    return (0, f"{t.tid}\n", "")
-            tid = next(i for i in itertools.count(1) if i not in self.targets)
-            self.targets[tid] = FakeTarget(tid, a[1])
-            return (0, f"{tid}\n", "")
         if a[0] == "copy":
             snap, new = a[1], a[2]
             if snap not in self.ds:
@@ -422,39 +408,21 @@ class FakeSan:
             self.ds[f"{new}@{tail}"] = Dataset(f"{new}@{tail}", "snapshot", s.volsize,
                                                creation=next(self._clock))
             return (0, "", "")
-        if a[0] == "restore-exports":
-            lines = []
-            for name in sorted(self.ds):
-                d = self.ds[name]
-                if d.type != "volume" or "zol:iqn" not in d.props or \
-                        d.props.get("zol:deleted", "0") not in ("", "0"):
-                    continue
-                iqn = d.props["zol:iqn"]
-                existing = [t for t in self.targets.values() if t.iqn == iqn]
-                if existing:
-                    lines.append(f"exists tid={existing[0].tid} iqn={iqn} ds={name}\n")
-                    continue
-                tid = next(i for i in itertools.count(1) if i not in self.targets)
-                t = FakeTarget(tid, iqn)
-                t.luns[int(d.props.get("zol:lun", "1"))] = ("/dev/zvol/" + name, d.volsize)
-                t.acls = d.props.get("zol:initiators", "ALL").split(",")
-                if "zol:chap" in d.props:
-                    user, _, secret = d.props["zol:chap"].partition(":")
-                    self.accounts.setdefault(user, secret)
-                    t.accounts.append(user)
-                self.targets[tid] = t
-                lines.append(f"restored tid={tid} iqn={iqn} lun={d.props.get('zol:lun', '1')} "
-                             f"ds={name} chap={'yes' if 'zol:chap' in d.props else 'no'}\n")
-            return (0, "".join(lines), "")
         return (64, "", f"zol-ssh-wrapper: denied: zol-wrapper {a[0]}\n")
 
     # -- test conveniences ----------------------------------------------------------------------
 
     def restart_tgtd(self):
         """tgt.service restart: targets and accounts vanish, the drop-in restores them."""
-        self.targets.clear()
-        self.accounts.clear()
-        return self._verb(["restore-exports"])[1]
+        with self.tgtd.lock:
+            self.tgtd.targets.clear()
+            self.tgtd.accounts.clear()
+        return self._wrapper_verb(["zol-wrapper", "restore-exports"], None)[1]
+
+    def export_state(self):
+        import json
+        p = os.path.join(self.dir, "state", "exports.json")
+        return json.load(open(p)) if os.path.exists(p) else {}
 
     def names(self, under="zol/cinder"):
         return sorted(n for n in self.ds if n.startswith(under + "/"))

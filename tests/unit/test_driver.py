@@ -62,7 +62,9 @@ def snap(n, volume):
 
 @pytest.fixture
 def san():
-    return FakeSan()
+    s = FakeSan()
+    yield s
+    s.shutdown()
 
 
 @pytest.fixture
@@ -96,9 +98,13 @@ def test_create_thick_with_blocksize(san):
 
 
 def test_delete_missing_is_success_and_removes_leaked_target(drv, san):
-    v = vol(3)
-    san.execute(["zol-wrapper", "new-target", PFX + v["name"]])
-    drv.delete_volume(v)
+    v, w = vol(3), vol(33)
+    drv.create_volume(v)
+    drv.create_volume(w)
+    drv.create_export(None, v, {})
+    san.ds[ds(w)] = san.ds.pop(ds(v))        # the zvol went away behind Cinder's back...
+    san.ds[ds(w)].name = ds(w)
+    drv.delete_volume(v)                      # ...its target must not stay
     assert san.targets == {}
 
 
@@ -197,14 +203,25 @@ def test_copy_mode_makes_independent_volumes(san):
     assert san.names() == [ds(v2), ds(v3)]
 
 
-def test_extend_recreates_the_lun(drv, san):
+def test_extend_reopens_the_lun_in_place(drv, san):
     v = vol(18)
     drv.create_volume(v)
     drv.create_export(None, v, {})
+    (t,) = san.targets.values()
+    before = san.tgtd.snapshot()["targets"][t.iqn]
+    n_requests = len(san.tgtd.requests)
     drv.extend_volume(v, 3)
     assert san.ds[ds(v)].volsize == 3 * GIB
-    (t,) = san.targets.values()
-    assert t.luns[1][1] == 3 * GIB                        # tgtd re-read the size
+    (t2,) = san.targets.values()
+    assert t2.luns[1].size == 3 * GIB                     # tgtd re-read the size
+    assert t2.tid == t.tid and t2.luns[1].scsi_id == v["id"] and t2.luns[1].online
+    after = san.tgtd.snapshot()["targets"][t.iqn]
+    assert after[2:] == before[2:]                        # ACLs, CHAP binding, sessions kept
+    changes = [r for r in san.tgtd.requests[n_requests:] if r[1] != 2]   # not OP_SHOW
+    assert len(changes) == 1                              # ONE update: the LUN never vanishes
+    mode, op, _tid, lun, body = changes[0]
+    assert (mode, op, lun) == (2, 5, 1) and "online=0,path=" in body and \
+        body.endswith("online=1,")
 
 
 def test_revert(drv, san):
@@ -229,25 +246,29 @@ def test_revert_blocked_by_newer_snapshot_falls_back_to_cinder_generic(drv, san)
         drv.revert_to_snapshot(None, v, s1)
 
 
-def test_export_records_properties_before_target_and_chap(san, monkeypatch):
+def test_export_chap_by_default_identity_and_state(san, monkeypatch):
     monkeypatch.setattr(zdriver, "generate_secret", _counter_secret())
-    drv = make_driver(san, use_chap_auth=True, target_port=3261)
+    drv = make_driver(san, target_port=3261)              # use_chap_auth left unset
     v = vol(22)
     drv.create_volume(v)
     upd = drv.create_export(None, v, {})
     iqn = PFX + v["name"]
-    props = san.ds[ds(v)].props
-    assert props["zol:iqn"] == iqn
-    assert "zol:lun" not in props and "zol:initiators" not in props   # defaults: 1, ALL
-    user, _, secret = props["zol:chap"].partition(":")
-    first_target = next(i for i, c in enumerate(san.calls) if c[:2] == ["zol-wrapper",
-                                                                        "new-target"])
-    last_prop = max(i for i, c in enumerate(san.calls) if c[:2] == ["zfs", "set"])
-    assert last_prop < first_target                       # recorded BEFORE the target
+    assert not san.ds[ds(v)].props                        # nothing recorded in ZFS any more
     (t,) = san.targets.values()
+    (user,) = t.accounts
+    secret = san.accounts[user]
     assert upd == {"provider_location": f"192.0.2.10:3261,{t.tid} {iqn} 1",
                    "provider_auth": f"CHAP {user} {secret}"}
-    assert t.accounts == [user] and san.accounts[user] == secret and t.acls == ["ALL"]
+    assert t.acls == ["ALL"]
+    lun = t.luns[1]
+    assert lun.scsi_id == lun.scsi_sn == v["id"] and lun.thin and lun.mode_pages == []
+    # the secret travelled on stdin, never on an argv
+    (i,) = [i for i, c in enumerate(san.calls) if c[:2] == ["zol-wrapper", "export"]]
+    assert san.stdins[i] == f"{user} {secret}\n"
+    assert not any(secret in a for c in san.calls for a in c)
+    state = san.export_state()
+    assert state["exports"][iqn]["serial"] == v["id"] and state["accounts"][user] == {
+        "secret": secret}
     # ensure_export after a tgtd restart without the SAN's restore: same IQN and CHAP
     san.targets.clear()
     san.accounts.clear()
@@ -267,7 +288,7 @@ def test_export_records_properties_before_target_and_chap(san, monkeypatch):
     assert drv.terminate_connection(shared, {"initiator": "iqn.x"}) is True
     drv.remove_export(None, v)
     assert san.targets == {} and san.accounts == {}
-    assert not any(k in san.ds[ds(v)].props for k in zdriver.EXPORT_PROPS)
+    assert san.export_state()["exports"] == {} and san.export_state()["accounts"] == {}
 
 
 def test_export_replays_a_dropped_zvol_link(drv, san):
@@ -283,11 +304,10 @@ def test_export_replays_a_dropped_zvol_link(drv, san):
     drv.delete_volume(v)
 
 
-def test_unrecorded_target_does_not_block_delete(drv, san):
+def test_exported_volume_delete_removes_target_first(drv, san):
     v = vol(28)
     drv.create_volume(v)
-    drv.create_export(None, v, {})
-    san.execute(["zfs", "inherit", "zol:iqn", ds(v)])     # remove_export died half way
+    drv.create_export(None, v, {})                        # remove_export never came
     drv.delete_volume(v)
     assert ds(v) not in san.ds and san.targets == {}
 
@@ -297,20 +317,145 @@ def test_initiator_acl_option_is_recorded(san):
     v = vol(29)
     drv.create_volume(v)
     drv.create_export(None, v, {})
-    assert san.ds[ds(v)].props["zol:initiators"] == "192.0.2.20,192.0.2.21"
+    (t,) = san.targets.values()
+    assert t.acls == ["192.0.2.20", "192.0.2.21"]
+    assert san.export_state()["exports"][t.iqn]["initiators"] == ["192.0.2.20", "192.0.2.21"]
+    out = san.restart_tgtd()
+    assert "restored" in out
     (t,) = san.targets.values()
     assert t.acls == ["192.0.2.20", "192.0.2.21"]
     drv.remove_export(None, v)
-    assert "zol:initiators" not in san.ds[ds(v)].props
     drv.delete_volume(v)
 
 
-def test_restore_exports_on_the_san_uses_the_recorded_properties(drv, san):
-    v = vol(23)
+def test_thick_backend_no_discard_and_write_cache_off(san):
+    drv = make_driver(san, zol_parent_dataset="zol/cinder-thick", san_thin_provision=False,
+                      iscsi_write_cache="off")
+    v = vol(34)
+    drv.create_volume(v)
+    v.update(drv.create_export(None, v, {}))
+    (t,) = san.targets.values()
+    assert not t.luns[1].thin and len(t.luns[1].mode_pages) == 1
+    assert t.luns[1].mode_pages[0].startswith("8:0:18:0x10:0:")   # caching page, WCE=0
+    assert drv.initialize_connection(v, {"initiator": "iqn.x"})["data"]["discard"] is False
+
+
+def test_multipath_portals(san):
+    drv = make_driver(san, target_secondary_ip_addresses=["192.0.2.11", "2001:db8::11"])
+    v = vol(35)
+    drv.create_volume(v)
+    v.update(drv.create_export(None, v, {}))
+    iqn = PFX + v["name"]
+    assert v["provider_location"].startswith(
+        "192.0.2.10:3260;192.0.2.11:3260;[2001:db8::11]:3260,")
+    data = drv.initialize_connection(v, {"initiator": "iqn.x", "multipath": True})["data"]
+    assert data["target_portals"] == ["192.0.2.10:3260", "192.0.2.11:3260",
+                                      "[2001:db8::11]:3260"]
+    assert data["target_iqns"] == [iqn] * 3 and data["target_luns"] == [1] * 3
+    assert data["target_portal"] == "192.0.2.10:3260"
+    single = make_driver(san)
+    w = vol(36)
+    single.create_volume(w)
+    w.update(single.create_export(None, w, {}))
+    data = single.initialize_connection(w, {"initiator": "iqn.x", "multipath": True})["data"]
+    assert data["target_portals"] == ["192.0.2.10:3260"] and data["target_luns"] == [1]
+    assert "target_portals" not in single.initialize_connection(
+        w, {"initiator": "iqn.x"})["data"]
+
+
+def test_chap_off_explicitly_and_ensure_export_never_invents(san):
+    off = make_driver(san, use_chap_auth=False)
+    v = vol(37)
+    off.create_volume(v)
+    upd = off.create_export(None, v, {})
+    assert upd["provider_auth"] is None
+    (t,) = san.targets.values()
+    assert t.accounts == []
+    off.remove_export(None, v)
+    on = make_driver(san)
+    v.update(upd)                                         # exported before CHAP was on
+    assert on.ensure_export(None, v)["provider_auth"] is None
+    (t,) = san.targets.values()
+    assert t.accounts == [] and san.accounts == {}
+    on.remove_export(None, v)
+    on.delete_volume(v)
+
+
+def test_shared_chap_account_is_kept_while_another_target_uses_it(san):
+    drv = make_driver(san, chap_username="cinder", chap_password="SharedSecret1234")
+    a, b = vol(38), vol(39)
+    for v in (a, b):
+        drv.create_volume(v)
+        v.update(drv.create_export(None, v, {}))
+        assert v["provider_auth"] == "CHAP cinder SharedSecret1234"
+    assert [t.accounts for t in san.targets.values()] == [["cinder"], ["cinder"]]
+    drv.remove_export(None, a)
+    (t,) = san.targets.values()
+    assert t.iqn == PFX + b["name"] and t.accounts == ["cinder"]   # b is NOT open now
+    assert san.accounts == {"cinder": "SharedSecret1234"}
+    assert not san.tgtd.login(t.iqn) and san.tgtd.login(t.iqn, user="cinder",
+                                                        secret="SharedSecret1234")
+    drv.remove_export(None, b)
+    assert san.accounts == {}
+
+
+def test_foreign_account_and_target_are_refused(san):
+    drv = make_driver(san, chap_username="admin", chap_password="SharedSecret1234")
+    san.tgtd.handle(7, 0, -1, 0, "user=admin,password=ForeignSecret99")   # not Cinder's
+    v = vol(40)
+    drv.create_volume(v)
+    with pytest.raises(cinder_exception.ISCSITargetCreateFailed):
+        drv.create_export(None, v, {})
+    assert san.accounts == {"admin": "ForeignSecret99"} and san.targets == {}
+
+
+def test_backend_errors_become_cinders_exceptions(drv, san):
+    v = vol(41)
     drv.create_volume(v)
     drv.create_export(None, v, {})
+    san.busy.update([ds(v)] * 1)
+    san.fail_next["zfs destroy"] = [(1, f"cannot destroy '{ds(v)}': dataset is busy\n")] * 40
+    with pytest.raises(cinder_exception.VolumeIsBusy):
+        drv.delete_volume(v)
+    san.fail_next.clear()
+    san.tgtd_up = False
+    with pytest.raises(cinder_exception.TargetUpdateFailed):
+        drv.extend_volume(v, 2)
+    with pytest.raises(cinder_exception.ISCSITargetRemoveFailed):
+        drv.remove_export(None, v)
+    san.tgtd_up = True
+    drv.remove_export(None, v)
+    drv.delete_volume(v)
+
+
+def test_restore_exports_on_the_san_uses_the_recorded_state(drv, san):
+    v = vol(23)
+    drv.create_volume(v)
+    upd = drv.create_export(None, v, {})
+    (t,) = san.targets.values()
+    before = san.tgtd.snapshot()
     out = san.restart_tgtd()
-    assert "restored" in out and len(san.targets) == 1
+    assert "restored" in out and san.tgtd.snapshot() == before   # same tid, WWN, CHAP
+    _, user, secret = upd["provider_auth"].split()
+    assert san.tgtd.login(t.iqn, user=user, secret=secret) and not san.tgtd.login(t.iqn)
+
+
+def test_v1_export_properties_are_migrated(drv, san):
+    v = vol(42)
+    drv.create_volume(v)
+    iqn = PFX + v["name"]
+    # what protocol 1 wrote (zol:chap is readable by every SAN user: /dev/zfs is 0666)
+    san.ds[ds(v)].props.update({"zol:iqn": iqn, "zol:chap": "user1:Secret1234567890"})
+    out = san.restart_tgtd()                              # the tgt.service drop-in
+    assert f"restored tid=1 iqn={iqn}" in out
+    assert san.ds[ds(v)].props == {}                      # the world-readable secret is gone
+    (t,) = san.targets.values()
+    assert t.accounts == ["user1"] and t.luns[1].scsi_id == v["id"]
+    assert san.export_state()["accounts"] == {"user1": {"secret": "Secret1234567890"}}
+    v["provider_auth"] = "CHAP user1 Secret1234567890"
+    assert drv.ensure_export(None, v)["provider_auth"] == v["provider_auth"]
+    drv.remove_export(None, v)
+    assert san.accounts == {}
 
 
 def test_secrets_never_logged(san, caplog, monkeypatch):
@@ -398,10 +543,11 @@ def test_bad_configuration_names_the_option(san, overrides, option):
 
 
 def test_wrapper_refusing_or_wrong_protocol(san):
-    san.protocol_line = "zol-ssh-wrapper 9.0 protocol 2\n"
+    san.protocol_line = "zol-ssh-wrapper 1.0.0 protocol 1\n"
     with pytest.raises(cinder_exception.VolumeDriverException) as ei:
         make_driver(san)
-    assert "protocol 2" in str(ei.value) and "upgrade" in str(ei.value)
+    assert "protocol 1" in str(ei.value) and "needs 2" in str(ei.value) and \
+        "upgrade" in str(ei.value)
     san.fail_next["zol-wrapper version"] = [(64, "zol-ssh-wrapper: denied: x\n")]
     with pytest.raises(cinder_exception.VolumeDriverException) as ei:
         make_driver(san)
@@ -498,7 +644,8 @@ def test_driver_argv_fixture_is_current(monkeypatch):
     assert san.names() == [] and san.names("zol/cinder-thick") == []
     assert san.targets == {} and san.accounts == {}
     ops = {(c[0], c[1]) for c in san.calls}
-    assert ("zol-wrapper", "copy") in ops and ("zol-wrapper", "new-target") in ops
+    assert {("zol-wrapper", v) for v in ("copy", "export", "unexport", "resize-lun",
+                                         "show-exports")} <= ops
     lines = sorted({json.dumps(c) for c in san.calls})
     text = "".join(line + "\n" for line in lines)
     if os.environ.get("ZOL_REGEN_DRIVER_ARGV") or not ARGV_FILE.exists():

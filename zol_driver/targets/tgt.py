@@ -1,19 +1,20 @@
-"""tgt (tgtadm) target helper on the SAN: knows IQNs, TIDs, LUNs, ACLs and CHAP, not Cinder.
+"""iSCSI exports on the SAN's tgtd, through the wrapper's export verbs (protocol 2).
 
-Why a SAN-side verb for TIDs: tgtadm makes the caller pick the TID, so two cinder-volume
-processes (or threads) exporting at once can pick the same one.  ``zol-wrapper new-target IQN``
-returns the IQN's TID or creates the target with the lowest free TID under a flock on the SAN;
-this side adds a per-IQN lock (threads of one service) and retries on a conflict.
+Why verbs instead of tgtadm lines: a tgtadm line that takes ``--tid`` can act on any target of
+the SAN's tgtd, and ``--password`` puts the CHAP secret on an argv.  The wrapper therefore
+owns every tgtd change: ``zol-wrapper export`` creates-or-reuses the target of one IQN (lowest
+free TID, under the SAN's lock), its LUN with the volume's SCSI identity, UNMAP and write-cache
+policy, CHAP before the initiator ACL, and records the export (secret included) in a root-only
+state file from which ``restore-exports`` rebuilds everything after a tgtd restart or reboot.
+CHAP credentials travel on the channel's stdin, never on an argv (doc/san-protocol.md).
 
-Every export is described by the zvol's ``zol:*`` user properties, written by the driver
-BEFORE the target exists, so the SAN can rebuild it after a tgtd restart or reboot
-(``zol-wrapper restore-exports`` in the tgt.service drop-in) and ensure_export can always
-recreate it from ZFS alone.
+This module knows IQNs, LUNs and CHAP, not Cinder.
 """
 from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import json
 import logging
 import re
 import threading
@@ -25,17 +26,24 @@ from zol_driver.ssh import Executor
 
 LOG = logging.getLogger(__name__)
 
-TID_RE = re.compile(r"[1-9][0-9]{0,5}")
 LUN_RE = re.compile(r"[1-9][0-9]{0,2}")
 IQN_SUFFIX_RE = re.compile(r"[a-z0-9][a-z0-9.:-]{0,199}")
 CHAPUSER_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 CHAPSECRET_RE = re.compile(r"[A-Za-z0-9]{12,64}")
+SERIAL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,35}")
+MAX_INITIATORS = 16
 
+# Fragments of the wrapper's one-line reasons (stderr) -> what they mean to the driver.
 _ERRORS: tuple[tuple[str, type[exception.TargetError]], ...] = (
+    ("is not exported", exception.TargetNotFound),
     ("can't find the target", exception.TargetNotFound),
     ("can't find the logical unit", exception.TargetNotFound),
-    ("can't find the account", exception.TargetNotFound),
     ("already exists", exception.TargetExists),
+    ("already serves", exception.TargetConflict),
+    ("already exported as", exception.TargetConflict),
+    ("not ours", exception.TargetConflict),
+    ("another secret", exception.TargetConflict),
+    ("other CHAP account", exception.TargetConflict),
     ("is still active", exception.TargetBusy),
     ("busy", exception.TargetBusy),
 )
@@ -46,11 +54,13 @@ class Lun:
     lun: int
     size_mb: int
     backing_store: str | None
+    scsi_id: str = ""
+    thin: bool = False
 
 
 @dataclasses.dataclass
 class Target:
-    """One target of ``tgtadm --op show``."""
+    """One of our targets, as ``zol-wrapper show-exports`` reports it."""
 
     tid: int
     iqn: str
@@ -58,6 +68,7 @@ class Target:
     accounts: list[str] = dataclasses.field(default_factory=list)
     acls: list[str] = dataclasses.field(default_factory=list)
     sessions: int = 0
+    recorded: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,74 +88,30 @@ def classify(err: exception.CommandFailed) -> exception.CommandFailed:
                                  stderr=err.stderr, stdout=err.stdout)
 
 
-_TARGET_RE = re.compile(r"^Target (\d+): (\S+)$")
-_LUN_RE = re.compile(r"^LUN: (\d+)$")
-_SIZE_RE = re.compile(r"^Size: (\d+) MB")
-_NEXUS_RE = re.compile(r"^I_T nexus: \d+")
-
-
-def parse_show(text: str) -> dict[str, Target]:
-    """Parse ``tgtadm --lld iscsi --mode target --op show`` into {iqn: Target}.
-
-    The format is indentation based: sections "LUN information:", "Account information:",
-    "ACL information:" under each "Target N: IQN" line.
-    """
+def parse_exports(text: str) -> dict[str, Target]:
+    """``zol-wrapper show-exports`` (one JSON object per line) -> {iqn: Target}."""
     targets: dict[str, Target] = {}
-    cur: Target | None = None
-    section = ""
-    lun: Lun | None = None
     for raw in text.splitlines():
-        line = raw.strip()
-        if not line:
+        if not raw.strip():
             continue
-        m = _TARGET_RE.match(raw)
-        if m:
-            cur = Target(int(m.group(1)), m.group(2))
-            targets[cur.iqn] = cur
-            section, lun = "", None
-            continue
-        if cur is None:
-            raise exception.ParseError(what="tgtadm --op show", reason="text before a target",
-                                       line=raw)
-        if raw.startswith("    ") and not raw.startswith("     ") and line.endswith(":"):
-            section = line[:-1]
-            lun = None
-            continue
-        if section == "LUN information":
-            m = _LUN_RE.match(line)
-            if m:
-                lun = Lun(int(m.group(1)), 0, None)
-                cur.luns[lun.lun] = lun
-                continue
-            if lun is None:
-                continue
-            m = _SIZE_RE.match(line)
-            if m:
-                lun.size_mb = int(m.group(1))
-            elif line.startswith("Backing store path:"):
-                path = line.split(":", 1)[1].strip()
-                lun.backing_store = None if path in ("", "None") else path
-        elif section == "Account information":
-            cur.accounts.append(line)
-        elif section == "ACL information":
-            cur.acls.append(line)
-        elif section == "I_T nexus information" and _NEXUS_RE.match(line):
-            cur.sessions += 1
+        try:
+            obj = json.loads(raw)
+            t = Target(int(obj["tid"]), str(obj["iqn"]), accounts=list(obj["accounts"]),
+                       acls=list(obj["acls"]), sessions=int(obj["sessions"]),
+                       recorded=bool(obj.get("recorded", True)))
+            for lun in obj["luns"]:
+                t.luns[int(lun["lun"])] = Lun(int(lun["lun"]), int(lun["size_mb"]),
+                                              lun["path"], str(lun.get("scsi_id", "")),
+                                              bool(lun.get("thin")))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise exception.ParseError(what="zol-wrapper show-exports", reason=str(exc),
+                                       line=raw[:200]) from exc
+        targets[t.iqn] = t
     return targets
 
 
-def parse_accounts(text: str) -> list[str]:
-    """Parse ``tgtadm --lld iscsi --mode account --op show``."""
-    out = []
-    for raw in text.splitlines():
-        line = raw.strip()
-        if line and line != "Account list:":
-            out.append(line)
-    return out
-
-
 class TgtAdm:
-    """Targets on the SAN's tgtd, driven through the wrapper."""
+    """Our targets on the SAN's tgtd, driven through the wrapper's export verbs."""
 
     def __init__(self, executor: Executor, iqn_prefix: str, retries: int = 3,
                  retry_interval: float = 0.5) -> None:
@@ -171,16 +138,17 @@ class TgtAdm:
         return iqn
 
     @staticmethod
-    def check_tid(tid: int) -> str:
-        if not TID_RE.fullmatch(str(tid)):
-            raise exception.InvalidValue(kind="TID", value=tid, reason="1..999999")
-        return str(tid)
-
-    @staticmethod
     def check_lun(lun: int) -> str:
         if not LUN_RE.fullmatch(str(lun)):
             raise exception.InvalidValue(kind="LUN", value=lun, reason="1..999")
         return str(lun)
+
+    @staticmethod
+    def check_serial(serial: str) -> str:
+        if not SERIAL_RE.fullmatch(serial):
+            raise exception.InvalidValue(kind="SCSI serial", value=serial,
+                                         reason="1-36 letters, digits or '-'")
+        return serial
 
     @staticmethod
     def check_chap(chap: Chap) -> None:
@@ -192,21 +160,28 @@ class TgtAdm:
                                          reason="12 to 64 letters and digits")
 
     @staticmethod
-    def check_initiator(addr: str) -> str:
-        if addr != "ALL":
-            try:
-                ipaddress.ip_address(addr)
-            except ValueError as exc:
-                raise exception.InvalidValue(kind="initiator address", value=addr,
-                                             reason="ALL or an IP address") from exc
-        return addr
+    def check_initiators(addrs: Sequence[str]) -> str:
+        addrs = list(addrs) or ["ALL"]
+        if len(addrs) > MAX_INITIATORS or len(set(addrs)) != len(addrs) or (
+                "ALL" in addrs and len(addrs) > 1):
+            raise exception.InvalidValue(kind="initiator list", value=addrs,
+                                         reason=f"ALL, or 1..{MAX_INITIATORS} distinct "
+                                                "IP addresses")
+        for addr in addrs:
+            if addr != "ALL":
+                try:
+                    ipaddress.ip_address(addr)
+                except ValueError as exc:
+                    raise exception.InvalidValue(kind="initiator address", value=addr,
+                                                 reason="ALL or an IP address") from exc
+        return ",".join(addrs)
 
     # -- running ------------------------------------------------------------------------------
 
-    def _tgtadm(self, *args: str) -> str:
-        argv = ["tgtadm", "--lld", "iscsi", *args]
+    def _verb(self, *args: str, stdin: str | None = None, timeout: float | None = None) -> str:
         try:
-            return self.executor.execute(argv).stdout
+            return self.executor.execute(["zol-wrapper", *args], stdin=stdin,
+                                         timeout=timeout).stdout
         except exception.CommandFailed as exc:
             raise classify(exc) from exc
 
@@ -217,143 +192,61 @@ class TgtAdm:
     # -- queries ------------------------------------------------------------------------------
 
     def show(self) -> dict[str, Target]:
-        return parse_show(self._tgtadm("--mode", "target", "--op", "show"))
+        return parse_exports(self._verb("show-exports"))
 
-    def accounts(self) -> list[str]:
-        return parse_accounts(self._tgtadm("--mode", "account", "--op", "show"))
+    # -- exports ------------------------------------------------------------------------------
 
-    # -- primitives ---------------------------------------------------------------------------
-
-    def new_target(self, iqn: str) -> int:
-        """The IQN's TID, creating the target with the lowest free TID (race-free on the SAN)."""
+    def export(self, ds: str, iqn: str, serial: str, lun: int = 1, chap: Chap | None = None,
+               initiators: Sequence[str] = ("ALL",), thin: bool = True,
+               write_cache: bool = True) -> int:
+        """Make IQN serve /dev/zvol/DS as LUN; returns the TID.  Idempotent on the SAN."""
         self.check_iqn(iqn)
-        last: Exception | None = None
-        for attempt in range(self.retries + 1):
-            try:
-                out = self.executor.execute(["zol-wrapper", "new-target", iqn]).stdout.strip()
-                return int(out.split()[-1])
-            except exception.WrapperDenied:
-                raise
-            except exception.CommandFailed as exc:
-                last = classify(exc)
-                LOG.info("new-target %s failed (attempt %d): %s", iqn, attempt + 1,
-                         exc.stderr.strip())
-                time.sleep(self.retry_interval * (attempt + 1))
-            except (ValueError, IndexError) as exc:
-                raise exception.ParseError(what="zol-wrapper new-target", reason=str(exc),
-                                           line=out[:200]) from exc
-        assert last is not None
-        raise last
-
-    def add_lun(self, tid: int, lun: int, path: str) -> None:
-        self._tgtadm("--mode", "logicalunit", "--op", "new", "--tid", self.check_tid(tid),
-                     "--lun", self.check_lun(lun), "--backing-store", path)
-
-    def delete_lun(self, tid: int, lun: int) -> None:
-        self._tgtadm("--mode", "logicalunit", "--op", "delete", "--tid", self.check_tid(tid),
-                     "--lun", self.check_lun(lun))
-
-    def bind_initiator(self, tid: int, addr: str) -> None:
-        self._tgtadm("--mode", "target", "--op", "bind", "--tid", self.check_tid(tid),
-                     "--initiator-address", self.check_initiator(addr))
-
-    def new_account(self, chap: Chap) -> None:
-        self.check_chap(chap)
-        self._tgtadm("--mode", "account", "--op", "new", "--user", chap.user,
-                     "--password", chap.secret)
-
-    def delete_account(self, user: str) -> None:
-        self._tgtadm("--mode", "account", "--op", "delete", "--user", user)
-
-    def bind_account(self, tid: int, user: str) -> None:
-        self._tgtadm("--mode", "account", "--op", "bind", "--tid", self.check_tid(tid),
-                     "--user", user)
-
-    def delete_target(self, tid: int, force: bool = True) -> None:
-        args = ["--mode", "target", "--op", "delete"]
-        if force:
-            args.append("--force")
-        self._tgtadm(*args, "--tid", self.check_tid(tid))
-
-    # -- composite, idempotent ----------------------------------------------------------------
-
-    def export(self, iqn: str, path: str, lun: int = 1, chap: Chap | None = None,
-               initiators: Sequence[str] = ("ALL",),
-               targets: dict[str, Target] | None = None) -> int:
-        """Make IQN serve PATH as LUN (with CHAP and ACLs); returns the TID.  Idempotent:
-        whatever part already exists is kept, the rest is added."""
-        self.check_iqn(iqn)
-        self.check_lun(lun)
+        argv = ["export", ds, iqn, self.check_lun(lun), self.check_serial(serial),
+                "thin" if thin else "thick", "wc-on" if write_cache else "wc-off",
+                "chap" if chap else "none", self.check_initiators(initiators)]
+        stdin = None
         if chap:
             self.check_chap(chap)
-        for addr in initiators:
-            self.check_initiator(addr)
+            stdin = f"{chap.user} {chap.secret}\n"
         with self._lock(iqn):
-            cur = (targets if targets is not None else self.show()).get(iqn)
-            tid = cur.tid if cur else self.new_target(iqn)
-            if cur is None or lun not in cur.luns:
+            last: exception.CommandFailed | None = None
+            for attempt in range(self.retries + 1):
                 try:
-                    self.add_lun(tid, lun, path)
-                except exception.TargetExists:
-                    pass
-            elif cur.luns[lun].backing_store != path:
-                raise exception.ExportError(name=path, iqn=iqn,
-                                            reason=f"LUN {lun} already serves "
-                                                   f"{cur.luns[lun].backing_store}")
-            # CHAP before the initiator ACL: tgtd admits logins as soon as an ACL is bound,
-            # so binding the ACL first would open the LUN without credentials for a moment.
-            if chap and (cur is None or chap.user not in cur.accounts):
-                try:
-                    self.new_account(chap)
-                except exception.TargetExists:
-                    pass
-                try:
-                    self.bind_account(tid, chap.user)
-                except exception.TargetExists:
-                    pass
-            for addr in initiators:
-                if cur is None or addr not in cur.acls:
-                    try:
-                        self.bind_initiator(tid, addr)
-                    except exception.TargetExists:
-                        pass
-            return tid
+                    out = self._verb(*argv, stdin=stdin)
+                    break
+                except (exception.WrapperDenied, exception.TargetConflict):
+                    raise
+                except exception.TargetError as exc:
+                    last = exc
+                    LOG.info("export of %s failed (attempt %d): %s", iqn, attempt + 1,
+                             exc.stderr.strip())
+                    time.sleep(self.retry_interval * (attempt + 1))
+            else:
+                assert last is not None
+                raise last
+        m = re.search(r"\btid=([0-9]+)\b", out)
+        if not m:
+            raise exception.ParseError(what="zol-wrapper export", reason="no tid=N",
+                                       line=out.strip()[:200])
+        return int(m.group(1))
 
-    def unexport(self, iqn: str, chap_user: str | None = None,
-                 targets: dict[str, Target] | None = None) -> bool:
-        """Delete the target (even with sessions) and its CHAP account; False if absent."""
+    def unexport(self, iqn: str) -> bool:
+        """Delete the target (even with sessions) and its account when no other target uses
+        it; False if it was not there."""
         self.check_iqn(iqn)
         with self._lock(iqn):
-            cur = (targets if targets is not None else self.show()).get(iqn)
-            found = cur is not None
-            if cur is not None:
-                try:
-                    self.delete_target(cur.tid, force=True)
-                except exception.TargetNotFound:
-                    found = False
-            users = set(cur.accounts if cur else [])
-            if chap_user:
-                users.add(chap_user)
-            for user in sorted(users):
-                try:
-                    self.delete_account(user)
-                except exception.TargetNotFound:
-                    pass
-            return found
+            return self._verb("unexport", iqn).startswith("removed")
 
-    def refresh_lun(self, iqn: str, path: str, lun: int = 1) -> bool:
-        """Re-create the LUN so initiators see a new size (tgtd reads it at LUN creation).
-        False when the IQN is not exported."""
+    def resize_lun(self, iqn: str) -> bool:
+        """Make tgtd re-read the zvol's size in place; False when the IQN is not exported."""
         self.check_iqn(iqn)
         with self._lock(iqn):
-            cur = self.show().get(iqn)
-            if cur is None:
+            try:
+                self._verb("resize-lun", iqn)
+            except exception.TargetNotFound:
                 return False
-            if lun in cur.luns:
-                self.delete_lun(cur.tid, lun)
-            self.add_lun(cur.tid, lun, path)
             return True
 
     def restore_exports(self) -> str:
-        """Ask the SAN to recreate every export recorded in zol:* properties."""
-        return self.executor.execute(["zol-wrapper", "restore-exports"], timeout=600).stdout
+        """Ask the SAN to recreate every recorded export."""
+        return self._verb("restore-exports", timeout=600)
