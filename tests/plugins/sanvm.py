@@ -39,13 +39,18 @@ class SanAdmin:
                 "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
                 "-o", "ConnectTimeout=30", "root@127.0.0.1"]
 
+    what = "SAN"
+
     def run(self, argv: list[str], check: bool = True, key: str = "admin",
-            timeout: float = 300) -> subprocess.CompletedProcess:
+            timeout: float = 300, input: str | None = None) -> subprocess.CompletedProcess:
+        """`input` (e.g. secrets) goes to the command's stdin, never onto an argv."""
         r = subprocess.run(self.base(key) + [shlex.join(argv)], capture_output=True, text=True,
-                           timeout=timeout, stdin=subprocess.DEVNULL, check=False)
+                           timeout=timeout, input=input,
+                           stdin=subprocess.DEVNULL if input is None else None, check=False)
         if check and r.returncode != 0:
-            raise AssertionError("SAN command %s failed (%d): %s"
-                                 % (shlex.join(argv), r.returncode, r.stderr.strip()))
+            raise AssertionError("%s command %s failed (%d): %s"
+                                 % (self.what, shlex.join(argv), r.returncode,
+                                    r.stderr.strip()[-3000:]))
         return r
 
     def out(self, argv: list[str], **kw) -> str:
