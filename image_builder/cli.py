@@ -35,6 +35,7 @@ OVERRIDES = {
     "verify": ("build", "verify"), "upload": ("build", "upload"),
     "keep_work": ("build", "keep_work"), "fs_slack": ("build", "fs_slack"),
     "verify_disk_size": ("build", "verify_disk_size"),
+    "verify_nic": ("build", "verify_nic"), "verify_timeout": ("build", "verify_timeout"),
     "glance_endpoint": ("glance", "endpoint"),
     "install_timeout": ("build", "install_timeout"), "os_cloud": ("glance", "cloud"),
     "visibility": ("glance", "visibility"), "reuse": ("glance", "reuse"),
@@ -81,7 +82,11 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--format", choices=("ami", "qcow2", "raw"))
     b.add_argument("--backend", choices=("chroot", "libvirt"))
     b.add_argument("--fs-slack", type=float)
-    b.add_argument("--verify-disk-size", type=int)
+    b.add_argument("--verify-disk-size", type=int, help="flavor root disk (MiB) of the test "
+                   "launch")
+    b.add_argument("--verify-nic", help="NIC of the test launch, MODEL@PCI_SLOT "
+                   "(virtio-net-pci@0x3, e1000@0x8)")
+    b.add_argument("--verify-timeout", type=int, help="seconds the test launch may take")
     b.add_argument("--verify", action=argparse.BooleanOptionalAction, default=None)
     b.add_argument("--upload", action=argparse.BooleanOptionalAction, default=None)
     b.add_argument("--keep-work", action=argparse.BooleanOptionalAction, default=None)

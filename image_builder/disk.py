@@ -356,7 +356,11 @@ def shrink(img: str | os.PathLike, slack: float) -> dict[str, float]:
     target_blocks = math.ceil(before.used * (1.0 + slack) / before.block_size)
     if before.block_count > target_blocks:
         minimum = int(run.out(["resize2fs", "-P", str(img)]).strip().rsplit(":", 1)[-1])
-        if minimum < before.block_count:
+        if minimum < target_blocks:
+            # Never below the slack: the instance must boot (journal, cloud-init state, host
+            # keys) before it grows its root; -M would leave ~1 % free here.
+            run.run(["resize2fs", str(img), str(target_blocks)])
+        elif minimum < before.block_count:
             run.run(["resize2fs", "-M", str(img)])
         now = fs_info(img)
         step = 0.0
