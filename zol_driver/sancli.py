@@ -37,7 +37,9 @@ DROP_IN = "etc/systemd/system/tgt.service.d/zol-restore.conf"
 KEY_TYPES = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384",
              "ecdsa-sha2-nistp521", "rsa-sha2-512", "rsa-sha2-256", "ssh-rsa",
              "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com")
-HOST_RE = re.compile(r"[A-Za-z0-9*?][A-Za-z0-9.*?:/-]{0,252}")
+HOST_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.:/-]{0,252}")
+# What may go into command="..." unquoted by sshd's shell: no space, quote, $, `, ;, ...
+PATH_RE = re.compile(r"/[A-Za-z0-9_./+-]{1,254}")
 COMMENT_RE = re.compile(r"[A-Za-z0-9_.@:+=-]{1,100}")
 
 
@@ -101,12 +103,19 @@ def parse_public_key(text: str) -> tuple[str, str, str]:
 
 
 def check_host(host: str) -> str:
-    """A from= pattern element: address, CIDR, or host name (no quotes, commas, spaces)."""
+    """A from= pattern element: address, CIDR, or host name - never a wildcard or a network
+    that matches any address (a stolen key must not work from elsewhere)."""
     try:
-        ipaddress.ip_network(host, strict=False)
-        return host
+        net = ipaddress.ip_network(host, strict=False)
     except ValueError:
-        pass
+        net = None
+    if net is not None:
+        if net.prefixlen == 0 or net.network_address.is_unspecified:
+            raise SanCliError(f"from={host!r} would admit any address: give the Cinder hosts' "
+                              "own addresses (or their subnet)")
+        return host
+    if any(c in host for c in "*?!"):
+        raise SanCliError(f"from={host!r}: wildcards are refused; list each Cinder host")
     if not HOST_RE.fullmatch(host) or host.startswith("-"):
         raise SanCliError(f"{host!r} is not an address, CIDR or host name for from=")
     return host
@@ -120,8 +129,10 @@ def authorized_keys_line(public_key: str, hosts: Sequence[str],
         raise SanCliError("give the Cinder host address(es) with --host (from= is required: "
                           "a stolen key must not work from elsewhere)")
     for p in (wrapper, config):
-        if not p.startswith("/") or re.search(r'[\s"\\]', p):
-            raise SanCliError(f"{p!r} must be an absolute path without spaces or quotes")
+        if not PATH_RE.fullmatch(p) or "/../" in p + "/" or "//" in p:
+            raise SanCliError(f"{p!r} must be a plain absolute path of letters, digits and "
+                              "_./+- (sshd hands command= to a shell: nothing may need "
+                              "quoting)")
     pattern = ",".join(check_host(h) for h in hosts)
     line = f'restrict,from="{pattern}",command="{wrapper} {config}" {kind} {blob}'
     return line + (" " + comment if comment else "")
@@ -138,14 +149,14 @@ def cmd_authorize(a: argparse.Namespace) -> int:
 # install
 # ------------------------------------------------------------------------------------------
 
-def wrapper_conf_text(parents: Sequence[str], iqn_prefix: str, zfs: str, tgtadm: str,
+def wrapper_conf_text(parents: Sequence[str], iqn_prefix: str, zfs: str, tgtd_socket: str,
                       log_file: str, lock_file: str, syslog: bool) -> str:
     return ("# written by zol-san install; see doc/san-protocol.md\n"
             "[wrapper]\n"
             f"parents = {' '.join(parents)}\n"
             f"iqn_prefix = {iqn_prefix}\n"
             f"zfs = {zfs}\n"
-            f"tgtadm = {tgtadm}\n"
+            f"tgtd_socket = {tgtd_socket}\n"
             f"log_file = {log_file}\n"
             f"lock_file = {lock_file}\n"
             f"syslog = {'yes' if syslog else 'no'}\n")
@@ -165,7 +176,7 @@ def _atomic_write(path: Path, data: bytes, mode: int) -> None:
         raise
 
 
-def install(root: Path, parents: Sequence[str], iqn_prefix: str, zfs: str, tgtadm: str,
+def install(root: Path, parents: Sequence[str], iqn_prefix: str, zfs: str, tgtd_socket: str,
             log_file: str, lock_file: str, syslog: bool = True, wrapper_src: Path | None = None,
             drop_in_src: Path | None = None, force: bool = False,
             reload: bool | None = None, out: Callable[[str], None] = print) -> list[Path]:
@@ -173,7 +184,7 @@ def install(root: Path, parents: Sequence[str], iqn_prefix: str, zfs: str, tgtad
     wrapper_src = wrapper_src or shipped_file("zol-ssh-wrapper")
     drop_in_src = drop_in_src or shipped_file("tgt-zol-restore.conf")
     w = load_wrapper_module(wrapper_src)
-    conf_text = wrapper_conf_text(parents, iqn_prefix, zfs, tgtadm, log_file, lock_file,
+    conf_text = wrapper_conf_text(parents, iqn_prefix, zfs, tgtd_socket, log_file, lock_file,
                                   syslog)
     conf_path = root / WRAPPER_CONF.lstrip("/")
     if conf_path.exists() and conf_path.read_text() != conf_text and not force:
@@ -188,10 +199,9 @@ def install(root: Path, parents: Sequence[str], iqn_prefix: str, zfs: str, tgtad
             w.load_config(str(probe))
         except w.ConfigError as exc:
             raise SanCliError(str(exc).replace(str(probe), "wrapper.conf")) from None
-    for binary in (zfs, tgtadm):
-        if not (root / binary.lstrip("/")).exists():
-            out(f"warning: {binary} does not exist under {root} (install zfsutils-linux / "
-                "tgt); the wrapper will exit 67 until it does")
+    if not (root / zfs.lstrip("/")).exists():
+        out(f"warning: {zfs} does not exist under {root} (install zfsutils-linux); the "
+            "wrapper will exit 67 until it does")
     written = []
     target = root / WRAPPER_PATH.lstrip("/")
     _atomic_write(target, wrapper_src.read_bytes(), 0o755)
@@ -215,7 +225,7 @@ def install(root: Path, parents: Sequence[str], iqn_prefix: str, zfs: str, tgtad
 
 
 def cmd_install(a: argparse.Namespace) -> int:
-    install(Path(a.root), a.parent, a.iqn_prefix, a.zfs, a.tgtadm, a.log_file, a.lock_file,
+    install(Path(a.root), a.parent, a.iqn_prefix, a.zfs, a.tgtd_socket, a.log_file, a.lock_file,
             syslog=not a.no_syslog,
             wrapper_src=Path(a.wrapper_source) if a.wrapper_source else None,
             drop_in_src=Path(a.drop_in_source) if a.drop_in_source else None,
@@ -442,15 +452,14 @@ def run_checks(values: dict, out: Callable[[str], None] = print) -> int:
                             f"{res.stderr.strip()[:200]}",
                             "check zfs on the SAN (zfsutils-linux installed, pool imported, "
                             "`zfs` path in /etc/zol/wrapper.conf)")
-        res = ex.execute(["tgtadm", "--lld", "iscsi", "--mode", "target", "--op", "show"],
-                         check=False)
+        res = ex.execute(["zol-wrapper", "show-exports"], check=False)
         if res.exit_code == 0:
-            report.ok("tgtd answers tgtadm --op show")
+            report.ok("tgtd answers (zol-wrapper show-exports)")
         else:
             report.fail(f"tgtd does not answer (exit {res.exit_code}): "
                         f"{res.stderr.strip()[:200]}",
                         "on the SAN: apt-get install tgt && systemctl enable --now tgt "
-                        "(and check `tgtadm` in /etc/zol/wrapper.conf)")
+                        "(and check `tgtd_socket` and `state_dir` in /etc/zol/wrapper.conf)")
     finally:
         ex.close()
     return report.failures
@@ -481,7 +490,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="parent dataset Cinder may use (repeat for several backends)")
     p.add_argument("--iqn-prefix", default="iqn.2010-10.org.openstack:")
     p.add_argument("--zfs", default="/usr/sbin/zfs")
-    p.add_argument("--tgtadm", default="/usr/sbin/tgtadm")
+    p.add_argument("--tgtd-socket", default="/var/run/tgtd/socket.0",
+                   help="tgtd's management socket (the wrapper speaks it; no tgtadm process)")
     p.add_argument("--log-file", default="/var/log/zol-ssh-wrapper.log")
     p.add_argument("--lock-file", default="/run/zol-ssh-wrapper.lock")
     p.add_argument("--no-syslog", action="store_true")

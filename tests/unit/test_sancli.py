@@ -47,10 +47,30 @@ def test_authorize_line_is_what_sshd_parses(pubkey, tmp_path):
     (['1.2.3.4",command="/bin/sh'], "not an address"),
     (["a b"], "not an address"),
     (["-x"], "not an address"),
+    (["*"], "wildcards are refused"),
+    (["10.0.0.*"], "wildcards are refused"),
+    (["!10.0.0.1"], "wildcards are refused"),
+    (["0.0.0.0/0"], "would admit any address"),
+    (["::/0"], "would admit any address"),
+    (["0.0.0.0"], "would admit any address"),
+    (["10.0.0.1", "::"], "would admit any address"),
 ])
 def test_authorize_refuses_bad_hosts(pubkey, hosts, why):
     with pytest.raises(sancli.SanCliError, match=why):
         sancli.authorized_keys_line(pubkey.read_text(), hosts)
+
+
+@pytest.mark.parametrize("wrapper,config", [
+    ("/usr/local/sbin/zol wrapper", "/etc/zol/wrapper.conf"),
+    ("/usr/local/sbin/zol-ssh-wrapper", "/etc/zol/$(id).conf"),
+    ("/usr/local/sbin/zol-ssh-wrapper;id", "/etc/zol/wrapper.conf"),
+    ("usr/local/sbin/zol-ssh-wrapper", "/etc/zol/wrapper.conf"),
+    ("/usr/local/sbin/zol-ssh-wrapper", "/etc/zol/../shadow"),
+    ("/usr/local/sbin/zol-ssh-wrapper", "/etc/zol/`id`"),
+])
+def test_authorize_refuses_paths_that_need_quoting(pubkey, wrapper, config):
+    with pytest.raises(sancli.SanCliError, match="plain absolute path"):
+        sancli.authorized_keys_line(pubkey.read_text(), ["10.0.0.1"], wrapper, config)
 
 
 def test_authorize_refuses_private_key(pubkey, capsys):
@@ -66,11 +86,10 @@ def test_authorize_refuses_private_key(pubkey, capsys):
 def test_install_into_root(tmp_path):
     root = tmp_path / "root"
     (root / "usr/sbin").mkdir(parents=True)
-    for b in ("zfs", "tgtadm"):
-        (root / "usr/sbin" / b).write_text("")
+    (root / "usr/sbin" / "zfs").write_text("")
     out = []
     files = sancli.install(root, ["tank/cinder", "tank/cinder-ssd"],
-                           "iqn.2010-10.org.openstack:", "/usr/sbin/zfs", "/usr/sbin/tgtadm",
+                           "iqn.2010-10.org.openstack:", "/usr/sbin/zfs", "/var/run/tgtd/socket.0",
                            "/var/log/zol-ssh-wrapper.log", "/run/zol-ssh-wrapper.lock",
                            out=out.append)
     wrapper = root / "usr/local/sbin/zol-ssh-wrapper"
@@ -83,18 +102,19 @@ def test_install_into_root(tmp_path):
     assert drop_in.read_text() == (REPO / "wrappers/tgt-zol-restore.conf").read_text()
     cfg = W.load_config(str(conf))
     assert cfg.parents == ("tank/cinder", "tank/cinder-ssd")
-    assert cfg.binaries == {"zfs": "/usr/sbin/zfs", "tgtadm": "/usr/sbin/tgtadm"}
+    assert cfg.binaries == {"zfs": "/usr/sbin/zfs"}
+    assert cfg.tgtd_socket == "/var/run/tgtd/socket.0"
     assert not any("warning" in line for line in out)
     # the drop-in's ExecStartPost runs exactly what we installed
     assert f"{sancli.WRAPPER_PATH} {sancli.WRAPPER_CONF} -- zol-wrapper restore-exports" \
         in drop_in.read_text()
     # same values again: fine; other values: refused without --force
     sancli.install(root, ["tank/cinder", "tank/cinder-ssd"], "iqn.2010-10.org.openstack:",
-                   "/usr/sbin/zfs", "/usr/sbin/tgtadm", "/var/log/zol-ssh-wrapper.log",
+                   "/usr/sbin/zfs", "/var/run/tgtd/socket.0", "/var/log/zol-ssh-wrapper.log",
                    "/run/zol-ssh-wrapper.lock", out=out.append)
     with pytest.raises(sancli.SanCliError, match="--force"):
         sancli.install(root, ["tank/other"], "iqn.2010-10.org.openstack:", "/usr/sbin/zfs",
-                       "/usr/sbin/tgtadm", "/var/log/x.log", "/run/x.lock", out=out.append)
+                       "/var/run/tgtd/socket.0", "/var/log/x.log", "/run/x.lock", out=out.append)
     assert W.load_config(str(conf)).parents == ("tank/cinder", "tank/cinder-ssd")
 
 

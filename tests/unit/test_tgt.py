@@ -1,132 +1,141 @@
-"""targets/tgt.py: `tgtadm --op show` parsing (verbatim captures) and export logic."""
+"""targets/tgt.py: argv of the export verbs, secrets on stdin, show-exports parsing, errors."""
 from __future__ import annotations
+
+import json
 
 import pytest
 
+from tests.helpers.fakesan import load_wrapper
 from tests.unit.sanfixtures import capture
-from tests.unit.test_zfs import Recorder, answer
-from zol_driver import exception
+from zol_driver import exception, ssh
 from zol_driver.targets import tgt
 
 PFX = "iqn.2010-10.org.openstack:"
-IQN1 = PFX + "volume-11111111-1111-1111-1111-111111111111"
-IQN3 = PFX + "volume-33333333-3333-3333-3333-333333333333"
-DEV1 = "/dev/zvol/zol/cinder/volume-11111111-1111-1111-1111-111111111111"
+IQN = PFX + "volume-1"
+DS = "zol/cinder/volume-1"
+SECRET = "Zq8Rk2Lm9Pw4Xt7Y"
 
 
-def test_parse_show_verbatim_two_targets():
-    targets = tgt.parse_show(capture("tgt_show_two")["stdout"])
-    assert set(targets) == {IQN1, IQN3}
-    t1 = targets[IQN1]
-    assert t1.tid == 1
-    assert t1.luns[1].backing_store == DEV1
-    assert t1.luns[1].size_mb == 1074
-    assert t1.luns[0].backing_store is None        # the controller LUN
-    assert t1.accounts == ["user1"]
-    assert t1.acls == ["ALL"]
-    assert t1.sessions == 0
-    t3 = targets[IQN3]
-    assert t3.tid == 2 and t3.accounts == [] and t3.acls == []
-    assert t3.luns[1].size_mb == 2147
+class Rec:
+    host = "rec"
+
+    def __init__(self, answers=None):
+        self.calls = []
+        self.answers = list(answers or [])
+
+    def execute(self, argv, check=True, timeout=None, stdin=None):
+        self.calls.append((list(argv), stdin))
+        code, out, err = self.answers.pop(0) if self.answers else (0, "tid=3 iqn=x lun=1\n", "")
+        return ssh.check_result(ssh.Result(tuple(argv), code, out, err), self.host) \
+            if check else ssh.Result(tuple(argv), code, out, err)
+
+    def close(self):
+        pass
 
 
-def test_parse_show_empty_and_sessions():
-    assert tgt.parse_show(capture("tgt_show_empty")["stdout"]) == {}
-    text = capture("tgt_show")["stdout"].replace(
-        "    I_T nexus information:\n",
-        "    I_T nexus information:\n        I_T nexus: 3\n            Initiator: iqn.x alias: h\n"
-        "            Connection: 0\n                IP Address: 10.0.2.2\n")
-    assert tgt.parse_show(text)[IQN1].sessions == 1
+def test_export_argv_and_secret_on_stdin():
+    rec = Rec()
+    t = tgt.TgtAdm(rec, PFX)
+    tid = t.export(DS, IQN, "1111-2222", chap=tgt.Chap("u1", SECRET),
+                   initiators=["10.0.0.5", "2001:db8::7"], thin=False, write_cache=False)
+    assert tid == 3
+    (argv, stdin), = rec.calls
+    assert argv == ["zol-wrapper", "export", DS, IQN, "1", "1111-2222", "thick", "wc-off",
+                    "chap", "10.0.0.5,2001:db8::7"]
+    assert stdin == f"u1 {SECRET}\n" and SECRET not in " ".join(argv)
+    assert SECRET not in repr(tgt.Chap("u1", SECRET))
+    rec.calls.clear()
+    t.export(DS, IQN, "1111-2222")
+    assert rec.calls == [(["zol-wrapper", "export", DS, IQN, "1", "1111-2222", "thin", "wc-on",
+                           "none", "ALL"], None)]
 
 
-def test_parse_accounts_verbatim():
-    assert tgt.parse_accounts(capture("tgt_account_show")["stdout"]) == ["user1"]
-    assert tgt.parse_accounts(capture("tgt_account_show_empty")["stdout"]) == []
-
-
-@pytest.mark.parametrize("cap,cls", [
-    ("err_tgt_lun_exists", exception.TargetExists),
-    ("err_tgt_bind_again", exception.TargetExists),
-    ("err_tgt_account_exists", exception.TargetExists),
-    ("err_tgt_delete_missing", exception.TargetNotFound),
-    ("err_tgt_account_delete_missing", exception.TargetNotFound),
-    ("err_tgt_lun_new_missing_target", exception.TargetNotFound),
-])
-def test_classify_verbatim(cap, cls):
-    c = capture(cap)
-    err = exception.CommandFailed(command="x", exit_code=c["exit_code"], stderr=c["stderr"])
-    assert type(tgt.classify(err)) is cls
-
-
-def test_export_new_target_argv_and_secret_order():
-    rec = Recorder([answer("tgt_show_empty"), answer("new_target")])
-    adm = tgt.TgtAdm(rec, PFX)
-    tid = adm.export(IQN1, DEV1, 1, tgt.Chap("user1", "Secret1234567890"))
-    assert tid == 1
-    assert rec.calls == [
-        ["tgtadm", "--lld", "iscsi", "--mode", "target", "--op", "show"],
-        ["zol-wrapper", "new-target", IQN1],
-        ["tgtadm", "--lld", "iscsi", "--mode", "logicalunit", "--op", "new", "--tid", "1",
-         "--lun", "1", "--backing-store", DEV1],
-        ["tgtadm", "--lld", "iscsi", "--mode", "account", "--op", "new", "--user", "user1",
-         "--password", "Secret1234567890"],
-        ["tgtadm", "--lld", "iscsi", "--mode", "account", "--op", "bind", "--tid", "1",
-         "--user", "user1"],
-        # the ACL last: bound earlier, it would admit logins without CHAP for a moment
-        ["tgtadm", "--lld", "iscsi", "--mode", "target", "--op", "bind", "--tid", "1",
-         "--initiator-address", "ALL"],
-    ]
-
-
-def test_export_is_idempotent_when_complete():
-    rec = Recorder([answer("tgt_show")])
-    tid = tgt.TgtAdm(rec, PFX).export(IQN1, DEV1, 1, tgt.Chap("user1", "Secret1234567890"))
-    assert tid == 1 and len(rec.calls) == 1
-
-
-def test_export_refuses_a_lun_serving_another_device():
-    rec = Recorder([answer("tgt_show")])
-    with pytest.raises(exception.ExportError):
-        tgt.TgtAdm(rec, PFX).export(IQN1, "/dev/zvol/zol/cinder/other", 1)
-
-
-def test_unexport_deletes_target_then_account_and_tolerates_absence():
-    rec = Recorder([answer("tgt_show")])
-    assert tgt.TgtAdm(rec, PFX).unexport(IQN1) is True
-    assert rec.calls[1] == ["tgtadm", "--lld", "iscsi", "--mode", "target", "--op", "delete",
-                            "--force", "--tid", "1"]
-    assert rec.calls[2] == ["tgtadm", "--lld", "iscsi", "--mode", "account", "--op", "delete",
-                            "--user", "user1"]
-    rec = Recorder([answer("tgt_show_empty"), answer("err_tgt_account_delete_missing")])
-    assert tgt.TgtAdm(rec, PFX).unexport(IQN1, chap_user="user1") is False
-
-
-def test_new_target_retries_then_raises():
-    rec = Recorder([(1, "", "tgtadm: boom"), (0, "7\n", "")])
-    assert tgt.TgtAdm(rec, PFX, retry_interval=0).new_target(IQN1) == 7
-    rec = Recorder([answer("wrapper_denied")])
-    with pytest.raises(exception.WrapperDenied):
-        tgt.TgtAdm(rec, PFX, retry_interval=0).new_target(IQN1)
+def test_export_retries_transient_errors_not_conflicts():
+    busy = (68, "", "zol-ssh-wrapper: export: tgtd: new LUN 1: this logical unit is still "
+                    "active\n")
+    rec = Rec([busy, busy, (0, "tid=7 iqn=x lun=1\n", "")])
+    t = tgt.TgtAdm(rec, PFX, retries=3, retry_interval=0)
+    assert t.export(DS, IQN, "s") == 7 and len(rec.calls) == 3
+    conflict = (68, "", "zol-ssh-wrapper: export: target x (tid 1) already serves /dev/sda\n")
+    rec = Rec([conflict])
+    with pytest.raises(exception.TargetConflict):
+        tgt.TgtAdm(rec, PFX, retries=3, retry_interval=0).export(DS, IQN, "s")
     assert len(rec.calls) == 1
+    rec = Rec([(64, "", "zol-ssh-wrapper: denied: x\n")])
+    with pytest.raises(exception.WrapperDenied):
+        tgt.TgtAdm(rec, PFX, retries=3, retry_interval=0).export(DS, IQN, "s")
+    rec = Rec([(0, "garbage\n", "")])
+    with pytest.raises(exception.ParseError):
+        tgt.TgtAdm(rec, PFX).export(DS, IQN, "s")
 
 
-@pytest.mark.parametrize("iqn", ["iqn.2010-10.org.openstack:Volume", "iqn.other:volume-1",
-                                 PFX, PFX + "-x", PFX + "a b"])
-def test_iqn_validation(iqn):
+def test_unexport_and_resize():
+    rec = Rec([(0, "removed tid=1 iqn=x\n", ""), (0, "absent iqn=x\n", ""),
+               (0, "resized tid=1 iqn=x lun=1 size_mb=2147\n", ""),
+               (68, "", f"zol-ssh-wrapper: resize-lun: target {IQN} is not exported\n")])
+    t = tgt.TgtAdm(rec, PFX)
+    assert t.unexport(IQN) is True and t.unexport(IQN) is False
+    assert t.resize_lun(IQN) is True and t.resize_lun(IQN) is False
+    assert [c[0] for c in rec.calls] == [["zol-wrapper", "unexport", IQN]] * 2 + [
+        ["zol-wrapper", "resize-lun", IQN]] * 2
+
+
+@pytest.mark.parametrize("bad", ["iqn.2010-10.org.openstack:Volume", "iqn.other:volume-1",
+                                 "iqn.2010-10.org.openstack:", "iqn.2010-10.org.openstack:-x",
+                                 "iqn.2010-10.org.openstack:a b"])
+def test_iqn_validation(bad):
     with pytest.raises(exception.InvalidName):
-        tgt.TgtAdm(Recorder(), PFX).new_target(iqn)
+        tgt.TgtAdm(Rec(), PFX).check_iqn(bad)
 
 
-def test_chap_validation_hides_secret():
-    adm = tgt.TgtAdm(Recorder(), PFX)
-    with pytest.raises(exception.InvalidValue) as ei:
-        adm.new_account(tgt.Chap("user1", "short-secret!"))
-    assert "short-secret" not in str(ei.value)
-    assert "short-secret" not in repr(tgt.Chap("u", "short-secret"))
+def test_values_validated_before_anything_is_sent():
+    rec = Rec()
+    t = tgt.TgtAdm(rec, PFX)
+    for kwargs in ({"chap": tgt.Chap("u1", "short")}, {"chap": tgt.Chap("-u", SECRET)},
+                   {"initiators": ["10.0.0.0/8"]}, {"initiators": ["ALL", "10.0.0.1"]},
+                   {"initiators": ["10.0.0.1", "10.0.0.1"]}, {"lun": 0}):
+        with pytest.raises(exception.InvalidValue) as ei:
+            t.export(DS, IQN, "serial", **kwargs)
+        assert SECRET not in str(ei.value)
+    with pytest.raises(exception.InvalidValue):
+        t.export(DS, IQN, "x" * 37)
+    assert rec.calls == []
 
 
-def test_refresh_lun_recreates_it():
-    rec = Recorder([answer("tgt_show")])
-    assert tgt.TgtAdm(rec, PFX).refresh_lun(IQN1, DEV1) is True
-    assert [c[4:7] for c in rec.calls[1:]] == [["logicalunit", "--op", "delete"],
-                                               ["logicalunit", "--op", "new"]]
+def test_parse_exports_of_the_real_wrapper_on_the_real_show_capture():
+    """show-exports = the wrapper's parse of tgtd's list (captured on the SAN VM) as JSON;
+    parse_exports reads it back."""
+    w = load_wrapper()
+    text = capture("tgt_show_two")["stdout"]
+    parsed = w.parse_show(text)
+    assert len(parsed) == 2
+    lines = [json.dumps({"tid": t["tid"], "iqn": iqn, "luns": [
+        {"lun": n, "path": lu["path"], "scsi_id": lu["scsi_id"], "thin": lu["thin"],
+         "size_mb": lu["size_mb"]} for n, lu in t["luns"].items() if n],
+        "accounts": t["accounts"], "acls": t["acls"], "sessions": t["sessions"],
+        "recorded": True}) for iqn, t in parsed.items()]
+    out = tgt.parse_exports("\n".join(lines) + "\n")
+    assert set(out) == set(parsed)
+    for iqn, t in out.items():
+        assert t.tid == parsed[iqn]["tid"] and t.acls == parsed[iqn]["acls"]
+        assert all(lu.backing_store and lu.backing_store.startswith("/dev/zvol/")
+                   for lu in t.luns.values())
+    assert tgt.parse_exports("") == {}
+    with pytest.raises(exception.ParseError):
+        tgt.parse_exports('{"tid": 1}\n')
+
+
+@pytest.mark.parametrize("stderr,cls", [
+    ("zol-ssh-wrapper: resize-lun: target x is not exported", exception.TargetNotFound),
+    ("zol-ssh-wrapper: export: CHAP account a exists on tgtd but was not created by "
+     "zol-ssh-wrapper: it is not ours to bind", exception.TargetConflict),
+    ("zol-ssh-wrapper: export: zol/cinder/a is already exported as iqn.x",
+     exception.TargetConflict),
+    ("zol-ssh-wrapper: export: tgtd: new target x: this target already exists",
+     exception.TargetExists),
+    ("zol-ssh-wrapper: unexport: tgtd: show targets: [Errno 111] Connection refused",
+     exception.TargetError),
+])
+def test_classify(stderr, cls):
+    err = exception.CommandFailed(command="x", exit_code=68, stderr=stderr)
+    assert type(tgt.classify(err)) is cls

@@ -39,7 +39,6 @@ _DS = _P + "/" + _C
 _SNAP = _DS + "@" + _C
 _SIZE = r"(?P<size>[1-9][0-9]{0,18})"
 _BS = "(?:4096|8192|16384|32768|65536|131072)"
-_TID = r"[1-9][0-9]{0,5}"
 _LUN = r"[1-9][0-9]{0,2}"
 _IQN = re.escape(PREFIX) + r"[a-z0-9][a-z0-9.:-]{0,199}"
 _USER = r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}"
@@ -50,14 +49,16 @@ _PROPNAMES = [
     "name", "type", "volsize", "used", "available", "referenced", "volblocksize",
     "refreservation", "reservation", "origin", "clones", "creation", "guid", "written",
     "usedbysnapshots", "usedbydataset", "usedbychildren", "compressratio", "logicalused",
-    "logicalreferenced", "defer_destroy", "userrefs", "zol:iqn", "zol:lun", "zol:chap",
+    "logicalreferenced", "defer_destroy", "userrefs", "zol:iqn", "zol:lun",
     "zol:initiators", "zol:deleted"]
 _PROP1 = "(?:" + "|".join(re.escape(p) for p in _PROPNAMES) + ")"
 _PROPS = _PROP1 + "(?:," + _PROP1 + ")*"
 _TYPES = "(?:volume|snapshot|filesystem)(?:,(?:volume|snapshot|filesystem))*"
 _UPROP = "(?:zol:iqn|zol:lun|zol:chap|zol:initiators|zol:deleted)"
 _SECS = r"(?:[1-9]|[1-9][0-9]|1[01][0-9]|120)"
-_TGT = "tgtadm --lld iscsi "
+_SERIAL = r"[A-Za-z0-9][A-Za-z0-9-]{0,35}"
+_INI1 = _INI.replace("?P<v6>", "")
+_INIS = f"(?:ALL|(?P<inis>{_INI1}(?:,{_INI1}){{0,15}}))"
 
 ORACLE_LINES = [
     "zfs version",
@@ -76,23 +77,15 @@ ORACLE_LINES = [
     f"zfs rollback {_SNAP}",
     f"zfs set volsize={_SIZE} {_DS}",
     f"zfs set refreservation=(?:none|auto) {_DS}",
-    f"zfs set {_UPROP}=[A-Za-z0-9_.:,/=+-]{{0,512}} {_DS}",
+    f"zfs set zol:deleted=[A-Za-z0-9_.:,/=+-]{{0,512}} {_DS}",
     f"zfs inherit {_UPROP} {_DS}",
-    _TGT + "--mode target --op show",
-    _TGT + f"--mode target --op new --tid {_TID} --targetname {_IQN}",
-    _TGT + f"--mode target --op delete (?:--force )?--tid {_TID}",
-    _TGT + f"--mode logicalunit --op new --tid {_TID} --lun {_LUN} --backing-store "
-           f"/dev/zvol/{_DS}",
-    _TGT + f"--mode logicalunit --op delete --tid {_TID} --lun {_LUN}",
-    _TGT + f"--mode target --op (?:bind|unbind) --tid {_TID} --initiator-address {_INI}",
-    _TGT + "--mode account --op show",
-    _TGT + f"--mode account --op new --user {_USER} --password {_SECRET}",
-    _TGT + f"--mode account --op delete --user {_USER}",
-    _TGT + f"--mode account --op (?:bind|unbind) --tid {_TID} --user {_USER}",
     "zol-wrapper version",
     f"zol-wrapper wait-zvol {_DS}(?: {_SECS})?",
-    f"zol-wrapper new-target {_IQN}",
     f"zol-wrapper copy {_SNAP} {_DS}",
+    f"zol-wrapper export {_DS} {_IQN} {_LUN} {_SERIAL} (?:thin|thick) (?:wc-on|wc-off) "
+    f"(?:chap|none) {_INIS}",
+    f"zol-wrapper (?:unexport|resize-lun) {_IQN}",
+    "zol-wrapper show-exports",
     "zol-wrapper restore-exports",
 ]
 ORACLE = [re.compile(line) for line in ORACLE_LINES]
@@ -121,6 +114,11 @@ def oracle(argv) -> bool:
             continue
         if g.get("v6") is not None and not _v6_ok(g["v6"]):
             continue
+        if g.get("inis") is not None:
+            items = g["inis"].split(",")
+            if len(set(items)) != len(items) or "ALL" in items or not all(
+                    re.fullmatch(_INI1, i) and (":" not in i or _v6_ok(i)) for i in items):
+                continue
         return True
     return False
 
@@ -168,7 +166,6 @@ GEN = {
     "DSSNAP": lambda r: r.choice((g_ds, g_snap))(r),
     "SIZE": lambda r: str(512 * r.choice((1, 2048, 2097152, r.randint(1, 10 ** 15)))),
     "BS": lambda r: r.choice(("4096", "8192", "16384", "32768", "65536", "131072")),
-    "TID": lambda r: str(r.choice((1, 2, 99, 999999, r.randint(1, 999999)))),
     "LUN": lambda r: str(r.randint(1, 999)),
     "IQN": lambda r: PREFIX + r.choice("abc019") + "".join(
         r.choices("abcdefxyz0189.:-", k=r.randint(0, 60))),
@@ -180,6 +177,14 @@ GEN = {
     "TYPES": lambda r: g_list(r, ("volume", "snapshot", "filesystem")),
     "UPROP": lambda r: r.choice(("zol:iqn", "zol:lun", "zol:chap", "zol:initiators",
                                  "zol:deleted")),
+    "SERIAL": lambda r: r.choice(_COMP_FIRST) + "".join(
+        r.choices(_COMP_FIRST + "-", k=r.randint(0, 35))),
+    "PROV": lambda r: r.choice(("thin", "thick")),
+    "WC": lambda r: r.choice(("wc-on", "wc-off")),
+    "AUTH": lambda r: r.choice(("chap", "none")),
+    "INIS": lambda r: "ALL" if r.random() < 0.5 else ",".join(
+        dict.fromkeys(g_ini(r) for _ in range(r.randint(1, 4))).keys() - {"ALL"} or
+        ["10.0.0.1"]),
     "UVAL": lambda r: "".join(r.choices(string.ascii_letters + "_.:,/=+-0123456789",
                                         k=r.choice((0, 1, 16, 40, r.randint(0, 512))))),
     "SECS": lambda r: str(r.randint(1, 120)),
@@ -208,27 +213,16 @@ SHAPES = [
     "zfs set volsize={SIZE} {DS}",
     "zfs set refreservation=none {DS}",
     "zfs set refreservation=auto {DS}",
-    "zfs set {UPROP}={UVAL} {DS}",
+    "zfs set zol:deleted={UVAL} {DS}",
     "zfs inherit {UPROP} {DS}",
-    "tgtadm --lld iscsi --mode target --op show",
-    "tgtadm --lld iscsi --mode target --op new --tid {TID} --targetname {IQN}",
-    "tgtadm --lld iscsi --mode target --op delete --tid {TID}",
-    "tgtadm --lld iscsi --mode target --op delete --force --tid {TID}",
-    ("tgtadm --lld iscsi --mode logicalunit --op new --tid {TID} --lun {LUN} --backing-store "
-     "/dev/zvol/{DS}"),
-    "tgtadm --lld iscsi --mode logicalunit --op delete --tid {TID} --lun {LUN}",
-    "tgtadm --lld iscsi --mode target --op bind --tid {TID} --initiator-address {INI}",
-    "tgtadm --lld iscsi --mode target --op unbind --tid {TID} --initiator-address {INI}",
-    "tgtadm --lld iscsi --mode account --op show",
-    "tgtadm --lld iscsi --mode account --op new --user {USER} --password {SECRET}",
-    "tgtadm --lld iscsi --mode account --op delete --user {USER}",
-    "tgtadm --lld iscsi --mode account --op bind --tid {TID} --user {USER}",
-    "tgtadm --lld iscsi --mode account --op unbind --tid {TID} --user {USER}",
     "zol-wrapper version",
     "zol-wrapper wait-zvol {DS}",
     "zol-wrapper wait-zvol {DS} {SECS}",
-    "zol-wrapper new-target {IQN}",
     "zol-wrapper copy {SNAP} {DS}",
+    "zol-wrapper export {DS} {IQN} {LUN} {SERIAL} {PROV} {WC} {AUTH} {INIS}",
+    "zol-wrapper unexport {IQN}",
+    "zol-wrapper resize-lun {IQN}",
+    "zol-wrapper show-exports",
     "zol-wrapper restore-exports",
 ]
 _FIELD = re.compile(r"\{([A-Z]+)\}")
@@ -353,8 +347,12 @@ def test_oracle_is_not_trivial(cfg):
     for bad in (["zfs", "destroy", "-r", "zol/cinder/x"], ["zfs", "create", "-V", "1000",
                 "zol/cinder/x"], ["zfs", "rename", "zol/cinder/a", "zol/cinder-thick/b"],
                 ["zol-wrapper", "wait-zvol", "zol/cinder/a", "121"], ["sh", "-c", "id"],
-                ["tgtadm", "--lld", "iscsi", "--mode", "target", "--op", "bind", "--tid",
-                 "1", "--initiator-address", "1::2::3"]):
+                ["tgtadm", "--lld", "iscsi", "--mode", "target", "--op", "show"],
+                ["zol-wrapper", "export", "zol/cinder/a", PREFIX + "a", "1", "a", "thin",
+                 "wc-on", "none", "1::2::3"],
+                ["zol-wrapper", "export", "zol/cinder/a", PREFIX + "a", "1", "a", "thin",
+                 "wc-on", "none", "ALL,10.0.0.1"],
+                ["zol-wrapper", "new-target", PREFIX + "a"]):
         assert not oracle(bad), bad
 
 
@@ -437,9 +435,9 @@ def test_main_only_execs_grammar(cfg, tmp_path, monkeypatch):
         """os.execve never returns: neither does the fake."""
 
     def fake_execve(path, argv, env):
-        assert path in (str(fake.zfs), str(fake.tgtadm))
+        assert path == str(fake.zfs)
         assert env == W.CHILD_ENV
-        ran.append(["zfs" if path == str(fake.zfs) else "tgtadm"] + list(argv[1:]))
+        ran.append(["zfs"] + list(argv[1:]))
         raise Execed()
 
     def fake_verb(cfg_, argv, log):
