@@ -44,9 +44,9 @@ LOGIN = "login:"
 PANIC_MARKERS = ("Kernel panic", "VFS: Unable to mount root fs",
                  "Gave up waiting for root file system device", "(initramfs)")
 USER = "debian"
-# qemu user networking forwards only to the address its DHCP hands out (10.0.2.15; measured: a
-# static .50 never received the forwarded SYN).  network_data.json assigns that address
-# statically (no lease lifetime) with an MTU DHCP does not give: both show it won.
+# network_data.json assigns qemu's DHCP address (10.0.2.15) statically (no lease lifetime) with
+# an MTU DHCP does not give: both show the metadata won, and a guest that ignored it and fell
+# back to DHCP would still be reachable for the diagnosis.
 STATIC_IP, GATEWAY, DNS, MTU = "10.0.2.15", "10.0.2.2", "10.0.2.3", 1400
 NIC_MODELS = ("virtio-net-pci", "e1000", "e1000e", "rtl8139")
 # Fixed slots of the other devices (nova's layout: NIC 0x3, disk 0x4); the NIC may take any
@@ -153,7 +153,8 @@ def qemu_argv(*, disk: str, console: str, pidfile: str, kernel: str | None = Non
     if cdrom:
         argv += ["-drive", "file=%s,if=ide,index=1,media=cdrom,readonly=on,format=raw" % cdrom]
     fwd = ",hostfwd=tcp:127.0.0.1:%d-%s:22" % (ssh_port, STATIC_IP) if ssh_port else ""
-    argv += ["-netdev", "user,id=n0,ipv6=on%s" % fwd,
+    # Both families explicitly: qemu turns IPv4 off when only ipv6=on is given.
+    argv += ["-netdev", "user,id=n0,ipv4=on,ipv6=on%s" % fwd,
              "-device", "%s,netdev=n0,mac=%s,addr=%#x" % (nic.model, mac, nic.slot)]
     if qga_socket:
         argv += ["-device", "virtio-serial-pci,id=vs0,addr=%#x" % SERIAL_SLOT,

@@ -25,7 +25,7 @@ def test_ami_boots_with_novas_exact_command_line():
     assert "virtio-blk-pci,drive=vda,addr=0x4,bootindex=1" in opt(argv, "-device")
     assert "file=/cd.iso,if=ide,index=1,media=cdrom,readonly=on,format=raw" in \
         opt(argv, "-drive")
-    assert opt(argv, "-netdev") == ["user,id=n0,ipv6=on,hostfwd=tcp:127.0.0.1:2222-"
+    assert opt(argv, "-netdev") == ["user,id=n0,ipv4=on,ipv6=on,hostfwd=tcp:127.0.0.1:2222-"
                                     "10.0.2.15:22"]
     assert "virtio-net-pci,netdev=n0,mac=fa:16:3e:01:02:03,addr=0x3" in opt(argv, "-device")
     assert "virtserialport,bus=vs0.0,chardev=qga0,name=org.qemu.guest_agent.0" in \
