@@ -84,10 +84,11 @@ def test_parent_not_allowed_or_missing(wrapper_sshd, tmp_path, capsys):
 def test_tgtd_not_answering_and_broken_wrapper_config(wrapper_sshd, tmp_path, capsys):
     fake = wrapper_sshd.fake
     try:
-        fake.write_conf(syslog=True, tgtadm="/nonexistent/tgtadm")
+        fake.write_conf(syslog=True, tgtd_socket="/nonexistent/tgtd.socket")
         rc, out = check(capsys, write_conf(tmp_path / "c.conf", wrapper_sshd))
         assert rc == 1
-        assert "[FAIL] tgtd does not answer (exit 67)" in out and "systemctl enable" in out
+        assert "[FAIL] tgtd does not answer (exit 68)" in out and "systemctl enable" in out
+        assert "tgtd_socket" in out
         fake.write_conf(syslog=True, parents="zol/cinder ../bad")
         rc, out = check(capsys, write_conf(tmp_path / "c.conf", wrapper_sshd))
         assert rc == 1

@@ -1,8 +1,9 @@
 """The wrapper behind a real OpenSSH sshd, reached with paramiko (host key checked).
 
 sshd runs the forced command from authorized_keys (`restrict,from=,command=`) with the client's
-command line in SSH_ORIGINAL_COMMAND, exactly as on the SAN; zfs/tgtadm are fake absolute
-binaries that record their argv, so each test sees what really ran.
+command line in SSH_ORIGINAL_COMMAND, exactly as on the SAN; zfs is a fake absolute binary
+that records its argv (each test sees what really ran) and tgtd is FakeTgtd behind tgtd's
+management socket (tests/functional/test_wrapper_tgtd.py uses a real tgtd).
 """
 from __future__ import annotations
 
@@ -41,8 +42,7 @@ def test_allowed_commands_run(wrapper_sshd, client):
     fake = wrapper_sshd.fake
     cmds = [["zfs", "version"],
             ["zfs", "create", "-s", "-V", "1073741824", V],
-            ["zfs", "list", "-H", "-p", "-o", "name,used", "-t", "volume", "-r", "zol/cinder"],
-            ["tgtadm", "--lld", "iscsi", "--mode", "target", "--op", "show"]]
+            ["zfs", "list", "-H", "-p", "-o", "name,used", "-t", "volume", "-r", "zol/cinder"]]
     for argv in cmds:
         rc, out, err = run_over_ssh(client, shlex.join(argv))
         assert rc == 0, err
@@ -65,6 +65,8 @@ def test_allowed_commands_run(wrapper_sshd, client):
     ("zfs destroy zol/cinder/../x", 64),
     (b"zfs destroy zol/cinder/\xff\xfe", 64),
     ("scp -t /root/.ssh/authorized_keys", 64),
+    ("tgtadm --lld iscsi --mode target --op show", 64),
+    ("tgtadm --lld iscsi --mode account --op unbind --tid 1 --user backup", 64),
     ("", 65),
 ])
 def test_denied_commands_do_not_run(wrapper_sshd, client, command, code):
@@ -76,8 +78,9 @@ def test_denied_commands_do_not_run(wrapper_sshd, client, command, code):
 
 
 def test_exit_code_and_stderr_pass_through(wrapper_sshd, client):
-    rc, _, err = run_over_ssh(client, "tgtadm --lld iscsi --mode target --op delete --tid 77")
-    assert rc == 22 and "can't find the target" in err
+    rc, _, err = run_over_ssh(client, "zol-wrapper resize-lun " + PREFIX + "absent")
+    assert rc == 68 and err == f"zol-ssh-wrapper: resize-lun: target {PREFIX}absent is not " \
+        "exported\n"
 
 
 def test_decisions_logged_with_client_address(wrapper_sshd, client):
@@ -85,15 +88,14 @@ def test_decisions_logged_with_client_address(wrapper_sshd, client):
     before = fake.log_text()
     run_over_ssh(client, "zfs version")
     run_over_ssh(client, "zfs destroy -R zol/cinder")
-    run_over_ssh(client, "tgtadm --lld iscsi --mode account --op new --user u1 --password "
-                 + SECRET)
+    run_over_ssh(client, "zol-wrapper export x --password " + SECRET)
     new = fake.log_text()[len(before):].splitlines()
     assert len(new) == 3
     port = client.get_transport().sock.getsockname()[1]
     assert all(f"client=127.0.0.1:{port} " in line for line in new), new
     assert "decision=allowed argv=zfs version" in new[0]
     assert "decision=denied reason=zfs destroy: argument 2: option '-R'" in new[1]
-    assert "--password '<redacted>'" in new[2]
+    assert "--password <redacted>" in new[2]
     assert SECRET not in fake.log_text()
 
 
@@ -140,23 +142,40 @@ def test_host_key_checked(wrapper_sshd, tmp_path):
     c.close()
 
 
-def test_concurrent_new_target_over_one_connection(wrapper_sshd, client):
-    """Eight channels multiplexed on one connection (as the driver does) get distinct tids."""
+def test_concurrent_exports_over_one_connection(wrapper_sshd, client):
+    """Eight channels multiplexed on one connection (as the driver does) get distinct tids,
+    the CHAP secret on each channel's stdin."""
     results = {}
+    fake = wrapper_sshd.fake
 
     def one(i):
-        results[i] = run_over_ssh(client, f"zol-wrapper new-target {PREFIX}mux-{i}")
+        ds = f"zol/cinder/volume-mux{i}"
+        chan = client.get_transport().open_session(timeout=30)
+        chan.settimeout(60)
+        chan.exec_command(shlex.join(["zol-wrapper", "export", ds, f"{PREFIX}mux-{i}", "1",
+                                      f"mux{i}", "thin", "wc-on", "chap", "ALL"]))
+        chan.sendall(f"user{i} {SECRET}\n".encode())
+        chan.shutdown_write()
+        out = chan.makefile("rb").read().decode()
+        results[i] = (chan.recv_exit_status(), out, chan.makefile_stderr("rb").read())
+        chan.close()
 
+    for i in range(8):
+        fake.add_zvol(f"zol/cinder/volume-mux{i}")
     threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
     for t in threads:
         t.start()
     for t in threads:
-        t.join(60)
+        t.join(90)
     assert all(r[0] == 0 for r in results.values()), results
-    tids = sorted(int(r[1]) for r in results.values())
+    tids = sorted(int(r[1].split()[0].partition("=")[2]) for r in results.values())
     assert len(set(tids)) == 8
-    state = wrapper_sshd.fake.tgt_state()["targets"]
+    state = fake.tgt_state()["targets"]
     assert {state[str(t)]["iqn"] for t in tids} == {f"{PREFIX}mux-{i}" for i in range(8)}
+    assert all(state[str(t)]["accounts"] for t in tids)
+    for i in range(8):
+        assert run_over_ssh(client, f"zol-wrapper unexport {PREFIX}mux-{i}")[0] == 0
+    assert SECRET not in fake.log_text()
 
 
 def test_driver_executor_through_sshd(wrapper_sshd):
@@ -185,5 +204,6 @@ def test_restore_exports_over_ssh(wrapper_sshd, client):
     assert rc == 0, err
     assert out == f"restored tid=1 iqn={PREFIX}restored lun=1 ds={V} chap=yes\n"
     assert fake.tgt_state()["targets"]["1"]["accounts"] == ["u9"]
+    assert run_over_ssh(client, f"zol-wrapper unexport {PREFIX}restored")[0] == 0
     fake.set_zfs_get([])
     fake.reset_tgt()

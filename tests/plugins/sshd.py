@@ -96,6 +96,17 @@ def _wait_banner(port: int, proc: subprocess.Popen, log: Path, timeout: float = 
     raise RuntimeError(f"sshd on port {port} not answering after {timeout:.0f} s")
 
 
+def stop_by_pid(proc: subprocess.Popen, grace: float = 10) -> None:
+    """SIGTERM, then SIGKILL after grace seconds; the process is gone afterwards."""
+    os.kill(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert proc.poll() is not None
+
+
 @pytest.fixture(scope="module")
 def wrapper_sshd(tmp_path_factory):
     """sshd on 127.0.0.1:<free port>, cinder key forced through the wrapper (fake zfs/tgtadm)."""
@@ -147,13 +158,7 @@ def wrapper_sshd(tmp_path_factory):
                       cinder_key=d / "cinder_ed25519", foreign_key=d / "foreign_ed25519",
                       host_key_pub=host_pub, sshd_log=log)
     yield srv
-    os.kill(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-    assert proc.poll() is not None
+    stop_by_pid(proc)
 
 
 # ------------------------------------------------------------------------------------------
@@ -190,3 +195,75 @@ def wait_sanvm_ssh(state: dict, timeout: float = 400, since_boot_id: str | None 
             last = "ssh timed out"
         time.sleep(3)
     raise AssertionError(f"SAN VM not back over SSH after {timeout:.0f} s (last: {last})")
+
+
+# ------------------------------------------------------------------------------------------
+# A real tgtd on the host (userspace; no kernel modules needed) for the wrapper's export verbs.
+# ------------------------------------------------------------------------------------------
+TGTD = "/usr/sbin/tgtd"
+TGTADM = "/usr/sbin/tgtadm"
+
+
+@dataclass
+class HostTgtd:
+    """tgtd listening on 127.0.0.1:<port>, management socket /var/run/tgtd/socket.<N>."""
+
+    pid: int
+    control_port: int
+    port: int
+    log: Path
+
+    @property
+    def socket(self) -> str:
+        return f"/var/run/tgtd/socket.{self.control_port}"
+
+    def tgtadm(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        """What the SAN's own administrator runs (not through the wrapper)."""
+        return subprocess.run([TGTADM, "-C", str(self.control_port), "--lld", "iscsi", *args],
+                              capture_output=True, text=True, timeout=30, check=check)
+
+
+@pytest.fixture(scope="module")
+def host_tgtd(tmp_path_factory):
+    """A real tgtd 1.0.85 on a free loopback port and a free control port; stopped by PID."""
+    if not os.path.exists(TGTD):
+        pytest.fail(f"{TGTD} missing: apt-get install tgt (bindep: tgt [test])", pytrace=False)
+    d = tmp_path_factory.mktemp("tgtd")
+    log = d / "tgtd.log"
+    proc = None
+    for _attempt in range(5):
+        port = free_port()
+        control = 20000 + port % 10000
+        if os.path.exists(f"/var/run/tgtd/socket.{control}"):
+            continue
+        with open(log, "ab") as logf:
+            proc = subprocess.Popen([TGTD, "-f", "-C", str(control), "--iscsi",
+                                     f"portal=127.0.0.1:{port}"], stdin=subprocess.DEVNULL,
+                                    stdout=logf, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        srv = HostTgtd(proc.pid, control, port, log)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and proc.poll() is None:
+            if srv.tgtadm("--mode", "target", "--op", "show", check=False).returncode == 0:
+                try:
+                    with socket.create_connection(("127.0.0.1", port), timeout=2):
+                        break
+                except OSError:
+                    pass
+            time.sleep(0.1)
+        else:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            continue
+        break
+    else:
+        pytest.fail("could not start tgtd: " + log.read_text(errors="replace"), pytrace=False)
+    yield srv
+    # tgtd does not exit on SIGTERM while it has targets; its state is memory only
+    stop_by_pid(proc, grace=2)
+    for p in (srv.socket, srv.socket + ".lock"):
+        try:
+            os.unlink(p)
+        except FileNotFoundError:
+            pass
