@@ -48,6 +48,7 @@ USER = "debian"
 # an MTU DHCP does not give: both show the metadata won, and a guest that ignored it and fell
 # back to DHCP would still be reachable for the diagnosis.
 STATIC_IP, GATEWAY, DNS, MTU = "10.0.2.15", "10.0.2.2", "10.0.2.3", 1400
+IPV6_NET = "fd00:2::/64"          # announced by qemu's router advertisements (SLAAC)
 NIC_MODELS = ("virtio-net-pci", "e1000", "e1000e", "rtl8139")
 # Fixed slots of the other devices (nova's layout: NIC 0x3, disk 0x4); the NIC may take any
 # other free slot.
@@ -154,7 +155,8 @@ def qemu_argv(*, disk: str, console: str, pidfile: str, kernel: str | None = Non
         argv += ["-drive", "file=%s,if=ide,index=1,media=cdrom,readonly=on,format=raw" % cdrom]
     fwd = ",hostfwd=tcp:127.0.0.1:%d-%s:22" % (ssh_port, STATIC_IP) if ssh_port else ""
     # Both families explicitly: qemu turns IPv4 off when only ipv6=on is given.
-    argv += ["-netdev", "user,id=n0,ipv4=on,ipv6=on%s" % fwd,
+    # (qemu's default IPv6 prefix fec0::/64 is site-local; a ULA prefix is scope global).
+    argv += ["-netdev", "user,id=n0,ipv4=on,ipv6=on,ipv6-net=%s%s" % (IPV6_NET, fwd),
              "-device", "%s,netdev=n0,mac=%s,addr=%#x" % (nic.model, mac, nic.slot)]
     if qga_socket:
         argv += ["-device", "virtio-serial-pci,id=vs0,addr=%#x" % SERIAL_SLOT,
@@ -212,8 +214,8 @@ def guest_checks(*, hostname: str, flavor_bytes: int, token: str,
         return None
 
     def ipv6(rc: int, out: str) -> str | None:
-        return None if "inet6" in out and "scope global" in out else \
-            "no global IPv6 address (SLAAC): %s" % out.strip()
+        return None if re.search(r"inet6 fd00:2:.* scope global", out) else \
+            "no global IPv6 address from the RA (%s, SLAAC): %s" % (IPV6_NET, out.strip())
 
     def root_size(rc: int, out: str) -> str | None:
         fields = out.split()
@@ -258,7 +260,7 @@ def guest_checks(*, hostname: str, flavor_bytes: int, token: str,
               network),
         Check("ipv6", ("sh", "-c", "for i in $(seq 20); do ip -o -6 addr show scope global "
                                    "| grep -q inet6 && break; sleep 1; done; "
-                                   "ip -o -6 addr show scope global"), ipv6),
+                                   "ip -o -6 addr; ip -6 route"), ipv6),
         Check("root-fs-grown", ("sh", "-c", "df -B1 --output=size / | tail -n 1; "
                                             "stat -f -c %S /; findmnt -no FSTYPE /"),
               root_size),

@@ -25,8 +25,8 @@ def test_ami_boots_with_novas_exact_command_line():
     assert "virtio-blk-pci,drive=vda,addr=0x4,bootindex=1" in opt(argv, "-device")
     assert "file=/cd.iso,if=ide,index=1,media=cdrom,readonly=on,format=raw" in \
         opt(argv, "-drive")
-    assert opt(argv, "-netdev") == ["user,id=n0,ipv4=on,ipv6=on,hostfwd=tcp:127.0.0.1:2222-"
-                                    "10.0.2.15:22"]
+    assert opt(argv, "-netdev") == ["user,id=n0,ipv4=on,ipv6=on,ipv6-net=fd00:2::/64,"
+                                    "hostfwd=tcp:127.0.0.1:2222-10.0.2.15:22"]
     assert "virtio-net-pci,netdev=n0,mac=fa:16:3e:01:02:03,addr=0x3" in opt(argv, "-device")
     assert "virtserialport,bus=vs0.0,chardev=qga0,name=org.qemu.guest_agent.0" in \
         opt(argv, "-device")
@@ -116,7 +116,7 @@ def test_checks_pass_on_a_good_instance():
                        "default via 10.0.2.2 dev ens3 proto static\n"
                        "1: lo: <LOOPBACK,UP,LOWER_UP> mtu 65536 qdisc noqueue\n"
                        "2: ens3: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1400 qdisc fq_codel\n"),
-        "ipv6": (0, "2: ens3    inet6 fec0::f816:3eff:fe01:203/64 scope global dynamic\n"),
+        "ipv6": (0, "2: ens3    inet6 fd00:2::f816:3eff:fe01:203/64 scope global dynamic\n"),
         "root-fs-grown": (0, "%d\n4096\next4\n" % (3 << 30) * 1),
         "root-fs-writable": (0, "rw\nwritten\n"),
         "sudo": (0, "0\n"),
@@ -145,6 +145,7 @@ def test_checks_pass_on_a_good_instance():
     ("cloud-init-result", 0, json.dumps({"v1": {"datasource": "DataSourceConfigDrive",
                                                 "errors": ["boom"]}}), "boom"),
     ("hostname", 0, "debian\n", "h-1"),
+    ("ipv6", 0, "2: ens3    inet6 fec0::5054:ff:fe12:3456/64 scope site dynamic\n", "SLAAC"),
     ("network", 0, "inet 10.0.2.15/24 scope global dynamic ens3\\ valid_lft 86000sec\n"
                    "default via 10.0.2.2\n", "DHCP lease"),
     ("network", 0, "inet 10.0.2.15/24 scope global ens3\\ valid_lft forever\n"
