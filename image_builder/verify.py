@@ -325,15 +325,22 @@ class GuestAgent:
         self.sock.connect(path)
         self.file = self.sock.makefile("rwb")
         sync_id = secrets.randbelow(1 << 30)
-        while self.call("guest-sync", {"id": sync_id}) != sync_id:
+        self._send("guest-sync", {"id": sync_id})
+        while self._reply() != sync_id:
             pass                              # stale replies of an earlier client
 
-    def call(self, command: str, arguments: dict | None = None):
-        request = {"execute": command}
+    def _send(self, command: str, arguments: dict | None = None) -> None:
+        request: dict = {"execute": command}
         if arguments is not None:
             request["arguments"] = arguments
         self.file.write(json.dumps(request).encode() + b"\n")
         self.file.flush()
+
+    def call(self, command: str, arguments: dict | None = None):
+        self._send(command, arguments)
+        return self._reply()
+
+    def _reply(self):
         while True:
             line = self.file.readline()
             if not line:

@@ -172,3 +172,50 @@ def test_host_key_fingerprints_from_the_console():
                "ec2: -----END SSH HOST KEY FINGERPRINTS-----\n")
     assert verify.host_key_fingerprints(console) == {"abcDEF+/123", "xyz987"}
     assert verify.host_key_fingerprints("no block") == set()
+
+
+def test_guest_agent_client_speaks_the_qga_protocol(tmp_path):
+    """Against a scripted peer (the real agent is exercised by every functional launch)."""
+    import base64
+    import socket
+    import threading
+
+    path = str(tmp_path / "qga.sock")
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(path)
+    server.listen(1)
+    seen = []
+
+    def peer():
+        conn, _ = server.accept()
+        f = conn.makefile("rwb")
+        f.write(b'{"return": 7}\n')               # a stale reply from an earlier client
+        f.flush()
+        for line in f:
+            req = json.loads(line)
+            seen.append(req["execute"])
+            if req["execute"] == "guest-sync":
+                reply = {"return": req["arguments"]["id"]}
+            elif req["execute"] == "guest-exec":
+                reply = {"return": {"pid": 42}}
+            elif req["execute"] == "guest-exec-status":
+                out = base64.b64encode(b"256 SHA256:abc+/9 root@h (ED25519)\n").decode()
+                reply = {"return": {"exited": True, "exitcode": 0, "out-data": out}}
+            else:
+                reply = {"return": {}}
+            f.write(json.dumps(reply).encode() + b"\n")
+            f.flush()
+        conn.close()
+
+    t = threading.Thread(target=peer, daemon=True)
+    t.start()
+    keys, problem = verify.agent_host_keys(path, timeout=10)
+    t.join(5)
+    server.close()
+    assert problem is None and keys == {"abc+/9"}
+    assert seen == ["guest-sync", "guest-ping", "guest-exec", "guest-exec-status"]
+
+
+def test_guest_agent_absent_is_reported(tmp_path):
+    keys, problem = verify.agent_host_keys(str(tmp_path / "none.sock"), timeout=1)
+    assert keys == set() and "did not answer" in problem
