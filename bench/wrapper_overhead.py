@@ -1,6 +1,6 @@
 """What the SAN wrapper costs per command: wrapper (validate + log + exec) vs the bare command.
 
-The executed binary is /bin/true copied into a temp dir and named as zfs/tgtadm in a temp
+The executed binary is /bin/true copied into a temp dir and named as zfs in a temp
 wrapper config, so the difference is the wrapper alone: interpreter start (python3 -IS, as the
 shebang does), config parse, validation, log line, execve.  Each variant runs N times locally,
 one after another; the figures are per command (median and mean) and the ratio to the bare
@@ -53,7 +53,7 @@ def run(n: int = 200) -> dict[str, float]:
         conf = dd / "wrapper.conf"
         conf.write_text("[wrapper]\nparents = zol/cinder zol/cinder-thick\n"
                         "iqn_prefix = iqn.2010-10.org.openstack:\n"
-                        f"zfs = {true}\ntgtadm = {true}\nlog_file = {dd / 'wrapper.log'}\n"
+                        f"zfs = {true}\nlog_file = {dd / 'wrapper.log'}\n"
                         f"lock_file = {dd / 'lock'}\nsyslog = no\n")
         conf.chmod(0o644)
         env = {"PATH": "/usr/bin:/bin"}
@@ -75,7 +75,7 @@ def run(n: int = 200) -> dict[str, float]:
     w = _load_wrapper()
     cfg = w.Config(
         parents=("zol/cinder", "zol/cinder-thick"), iqn_prefix="iqn.2010-10.org.openstack:",
-        zfs="/usr/sbin/zfs", tgtadm="/usr/sbin/tgtadm", log_file="/dev/null")
+        zfs="/usr/sbin/zfs", log_file="/dev/null")
     line = shlex.join(ARGV)
     k = 20000
     t0 = time.perf_counter()

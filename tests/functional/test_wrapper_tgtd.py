@@ -266,3 +266,27 @@ def test_tgtd_restart_restores_the_same_identity(san, client, host_tgtd):
     assert libiscsi("iscsi-inq", "-e", "1", "-c", "131", u, check=True).stdout == before
     assert libiscsi("iscsi-inq", "-e", "1", "-c", "131", url(host_tgtd, iqn)).returncode != 0
     assert run_over_ssh(client, f"zol-wrapper unexport {iqn}")[0] == 0
+
+
+def test_unmap_frees_space_where_the_backing_store_can_punch_holes(san, client, host_tgtd):
+    """Where fallocate(PUNCH_HOLE) works (a file here; a zvol with WRITE ZEROES), the thin LUN
+    announces UNMAP and an initiator's discard really frees the blocks."""
+    ds = "zol/cinder/volume-unmap"
+    p = zvol(san, ds, 32 * MIB)
+    iqn = PFX + "volume-unmap"
+    rc, out, err = export_over_ssh(client, ds, iqn, serial="unmap", user="unmapuser")
+    assert rc == 0 and out.endswith("unmap=yes\n"), (out, err)
+    u = url(host_tgtd, iqn, "unmapuser", SECRET)
+    r = subprocess.run(["qemu-io", "-f", "raw", "-t", "writeback", "-c", "write -P 0x5a 0 16M",
+                        "-c", "flush", u], capture_output=True, text=True, timeout=120,
+                       check=False)
+    assert r.returncode == 0, r.stderr
+    full = os.stat(p).st_blocks * 512
+    assert full >= 16 * MIB
+    r = subprocess.run(["qemu-io", "-f", "raw", "-d", "unmap", "-t", "writeback", "-c",
+                        "discard 0 16M", "-c", "flush", u], capture_output=True, text=True,
+                       timeout=120, check=False)
+    assert r.returncode == 0, r.stderr
+    assert os.stat(p).st_blocks * 512 < MIB, os.stat(p).st_blocks
+    assert "punch hole" not in host_tgtd.log.read_text(errors="replace")
+    assert run_over_ssh(client, f"zol-wrapper unexport {iqn}")[0] == 0

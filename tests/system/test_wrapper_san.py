@@ -1,10 +1,12 @@
 """The wrapper in the real OpenZFS SAN VM, with the cinder key (paramiko, host key checked).
 
-Real zfs/tgtadm behind the forced command: allowed commands work, denied ones leave the pool
-untouched; an export recorded in zol:* properties comes back with the same IQN, LUN and CHAP
-after `systemctl restart tgt` and after a reboot of the VM, proven by a real libiscsi login
-reading the data written before.  The reboot test is LAST in this file (it takes the VM away
-for a minute); everything created here is removed at the end.
+Real zfs and the SAN's tgtd behind the forced command: allowed commands work, denied ones leave
+the pool and tgtd untouched; an export made with `zol-wrapper export` (CHAP on stdin) comes
+back with the same IQN, LUN, identity and CHAP after `systemctl restart tgt` and after a reboot
+of the VM, proven by a real libiscsi login reading the data written before; a protocol-1
+export recorded in zol:* properties is migrated into the state file by the restore.  The
+reboot test is LAST in this file (it takes the VM away for a minute); everything created here
+is removed at the end.
 """
 from __future__ import annotations
 
@@ -19,7 +21,6 @@ from tests.helpers import iscsi
 from tests.helpers.fakesan import load_wrapper
 from tests.plugins.sshd import run_over_ssh, wait_sanvm_ssh
 from zol_driver import sancli
-from zol_driver.targets.tgt import parse_show
 
 pytestmark = pytest.mark.system
 
@@ -32,6 +33,8 @@ CHAP_USER = f"zwt{UID[:8]}"
 CHAP_SECRET = "Zq8Rk2Lm9Pw4Xt7Y" + UID[:4]
 DATA_LEN = 1024 * 1024
 SIZE = 64 * 1024 * 1024
+SERIAL = str(uuid.UUID(int=int(UID, 16)))
+V1DS = f"zol/cinder/volume-zv1-{UID}"
 
 
 class SanKey:
@@ -61,6 +64,23 @@ class SanKey:
             self.client = self.connect()
         return run_over_ssh(self.client, command, timeout=timeout)
 
+    def run_stdin(self, argv: list[str], stdin: str, timeout: float = 120):
+        """argv with data on the channel's stdin (CHAP credentials), like the driver."""
+        t = self.client.get_transport() if self.client else None
+        if t is None or not t.is_active():
+            self.close()
+            self.client = self.connect()
+        chan = self.client.get_transport().open_session(timeout=timeout)
+        chan.settimeout(timeout)
+        chan.exec_command(shlex.join(argv))
+        chan.sendall(stdin.encode())
+        chan.shutdown_write()
+        out = chan.makefile("rb").read().decode()
+        err = chan.makefile_stderr("rb").read().decode()
+        rc = chan.recv_exit_status()
+        chan.close()
+        return rc, out, err
+
     def ok(self, argv: list[str], timeout: float = 120) -> str:
         rc, out, err = self.run(argv, timeout)
         assert rc == 0, f"{shlex.join(argv)} -> {rc}: {err}"
@@ -83,18 +103,20 @@ def admin(sanvm):
 def cinder(sanvm, admin):
     key = SanKey(sanvm)
     yield key
+    # clean up everything this module may have created: through the wrapper first (its state
+    # file), then with the admin key (works even if the test failed half-way)
+    for suffix in (IQN_SUFFIX, IQN_SUFFIX + "-v1"):
+        key.run(["zol-wrapper", "unexport", sanvm["iqn_prefix"] + suffix])
     key.close()
-    # clean up everything this module may have created (admin key: works even if the test
-    # failed half-way or the wrapper is broken)
     show = admin.run(["tgtadm", "--lld", "iscsi", "--mode", "target", "--op", "show"])[1]
-    cmds = [f"tgtadm --lld iscsi --mode target --op delete --force --tid {t.tid}"
-            for t in parse_show(show).values() if t.iqn == sanvm["iqn_prefix"] + IQN_SUFFIX]
+    cmds = [f"tgtadm --lld iscsi --mode target --op delete --force --tid {t['tid']}"
+            for t in W.parse_show(show).values() if UID in t["iqn"]]
     cmds.append(shlex.join(["tgtadm", "--lld", "iscsi", "--mode", "account", "--op", "delete",
                             "--user", CHAP_USER]))
     # tgtd may hold the zvol for a moment after its target is gone ("dataset is busy")
     cmds += ["for i in $(seq 20); do ! zfs list %s >/dev/null 2>&1 && break; "
              "zfs destroy -r %s && break; sleep 1; done" % (shlex.quote(ds), shlex.quote(ds))
-             for ds in (DS, SCRATCH)]
+             for ds in (DS, SCRATCH, V1DS)]
     admin.run("; ".join(c + " 2>/dev/null" for c in cmds), timeout=180)
     left = admin.ok(["zfs", "list", "-H", "-o", "name", "-r", "zol"])
     assert UID not in left, left
@@ -105,9 +127,9 @@ def pool_snapshot(admin: SanKey, pool: str) -> tuple[str, str]:
             admin.ok(["zfs", "list", "-H", "-o", "name,guid", "-r", "-t", "all", pool]))
 
 
-def target_of(cinder: SanKey, iqn: str):
-    show = cinder.ok(["tgtadm", "--lld", "iscsi", "--mode", "target", "--op", "show"])
-    return parse_show(show).get(iqn)
+def target_of(admin: SanKey, iqn: str):
+    show = admin.ok(["tgtadm", "--lld", "iscsi", "--mode", "target", "--op", "show"])
+    return W.parse_show(show).get(iqn)
 
 
 def test_version(cinder):
@@ -145,6 +167,10 @@ DENIED = [
     ["zfs", "set", "mountpoint=/", "zol/cinder/x"],
     ["tgtadm", "--lld", "iscsi", "--mode", "sys", "--op", "update", "--name", "State", "-v",
      "offline"],
+    ["tgtadm", "--lld", "iscsi", "--mode", "target", "--op", "show"],
+    ["zfs", "set", "zol:chap=u:Zq8Rk2Lm9Pw4Xt7Y", "zol/cinder/x"],
+    ["zol-wrapper", "export", "zol/cinder/x", "iqn.2001-04.com.example:x", "1", "x", "thin",
+     "wc-on", "none", "ALL"],
     ["tgtadm", "--lld", "iscsi", "--mode", "logicalunit", "--op", "new", "--tid", "99",
      "--lun", "1", "--backing-store", "/dev/vda"],
 ]
@@ -203,28 +229,19 @@ def _export(cinder: SanKey, sanvm: dict) -> tuple[str, int]:
     iqn = sanvm["iqn_prefix"] + IQN_SUFFIX
     cinder.ok(["zfs", "create", "-V", str(SIZE), DS])
     cinder.ok(["zol-wrapper", "wait-zvol", DS, "60"])
-    for prop, value in (("zol:iqn", iqn), ("zol:lun", "1"),
-                        ("zol:chap", f"{CHAP_USER}:{CHAP_SECRET}"), ("zol:initiators", "ALL")):
-        cinder.ok(["zfs", "set", f"{prop}={value}", DS])
-    tid = int(cinder.ok(["zol-wrapper", "new-target", iqn]))
-    tgt = ["tgtadm", "--lld", "iscsi"]
-    cinder.ok(tgt + ["--mode", "logicalunit", "--op", "new", "--tid", str(tid), "--lun", "1",
-                     "--backing-store", "/dev/zvol/" + DS])
-    cinder.ok(tgt + ["--mode", "target", "--op", "bind", "--tid", str(tid),
-                     "--initiator-address", "ALL"])
-    cinder.ok(tgt + ["--mode", "account", "--op", "new", "--user", CHAP_USER, "--password",
-                     CHAP_SECRET])
-    cinder.ok(tgt + ["--mode", "account", "--op", "bind", "--tid", str(tid), "--user",
-                     CHAP_USER])
-    return iqn, tid
+    rc, out, err = cinder.run_stdin(["zol-wrapper", "export", DS, iqn, "1", SERIAL, "thick",
+                                     "wc-on", "chap", "ALL"], f"{CHAP_USER} {CHAP_SECRET}\n")
+    assert rc == 0, err
+    return iqn, int(out.split()[0].partition("=")[2])
 
 
-def _assert_export(cinder: SanKey, sanvm: dict, iqn: str, data: bytes) -> None:
-    t = target_of(cinder, iqn)
+def _assert_export(admin: SanKey, sanvm: dict, iqn: str, data: bytes) -> None:
+    t = target_of(admin, iqn)
     assert t is not None, f"target {iqn} not back"
-    assert t.luns[1].backing_store == "/dev/zvol/" + DS
-    assert CHAP_USER in " ".join(t.accounts)
-    assert t.acls == ["ALL"]
+    assert t["luns"][1]["path"] == "/dev/zvol/" + DS
+    assert t["luns"][1]["scsi_id"] == SERIAL
+    assert CHAP_USER in " ".join(t["accounts"])
+    assert t["acls"] == ["ALL"]
     url = iscsi.iscsi_url("127.0.0.1", sanvm["iscsi_port"], iqn, 1, CHAP_USER, CHAP_SECRET)
     assert iscsi.read(url, len(data)) == data
     # CHAP is really enforced: a wrong secret cannot log in
@@ -253,10 +270,38 @@ def test_restore_is_idempotent(cinder, exported):
 
 def test_export_survives_tgt_restart(cinder, admin, sanvm, exported):
     admin.ok(["systemctl", "restart", "tgt"])
-    _assert_export(cinder, sanvm, exported["iqn"], exported["data"])
+    _assert_export(admin, sanvm, exported["iqn"], exported["data"])
     journal = admin.ok(["journalctl", "-u", "tgt", "-n", "200", "--no-pager"])
     assert "restored tid=" in journal and exported["iqn"] in journal
     assert CHAP_SECRET not in journal
+
+
+def test_v1_export_is_migrated_by_the_restore(cinder, admin, sanvm):
+    """A protocol-1 volume (export in zol:* properties, CHAP secret world-readable there):
+    the tgt.service restore exports it, moves the secret into the state file and removes the
+    properties."""
+    iqn = sanvm["iqn_prefix"] + IQN_SUFFIX + "-v1"
+    admin.ok(["zfs", "create", "-s", "-V", str(SIZE), V1DS])
+    for prop, value in (("zol:iqn", iqn), ("zol:lun", "1"),
+                        ("zol:chap", f"{CHAP_USER}v1:{CHAP_SECRET}"),
+                        ("zol:initiators", "ALL")):
+        admin.ok(["zfs", "set", f"{prop}={value}", V1DS])
+    admin.ok(["systemctl", "restart", "tgt"])
+    t = target_of(admin, iqn)
+    assert t is not None and t["accounts"] == [CHAP_USER + "v1"]
+    assert t["luns"][1]["scsi_id"] == "zv1-" + UID          # derived from the zvol's name
+    props = admin.ok(["zfs", "get", "-H", "-o", "property,source", "all", V1DS])
+    assert "zol:" not in props, props
+    state = admin.ok(["cat", "/var/lib/zol-ssh-wrapper/exports.json"])
+    assert iqn in state and CHAP_SECRET in state
+    url = iscsi.iscsi_url("127.0.0.1", sanvm["iscsi_port"], iqn, 1, CHAP_USER + "v1",
+                          CHAP_SECRET)
+    assert len(iscsi.read(url, 512)) == 512
+    rc, out, err = cinder.run(["zol-wrapper", "unexport", iqn])
+    assert rc == 0 and out.startswith("removed tid="), err
+    assert CHAP_USER + "v1" not in admin.ok(["tgtadm", "--lld", "iscsi", "--mode", "account",
+                                             "--op", "show"])
+    admin.ok(["zfs", "destroy", V1DS])
 
 
 def test_export_survives_reboot(cinder, admin, sanvm, exported):
@@ -271,7 +316,7 @@ def test_export_survives_reboot(cinder, admin, sanvm, exported):
     while admin.run(["systemctl", "is-active", "tgt"])[1].strip() != "active":
         assert time.monotonic() < deadline, admin.run(["systemctl", "status", "tgt"])[1]
         time.sleep(2)
-    _assert_export(cinder, sanvm, exported["iqn"], exported["data"])
+    _assert_export(admin, sanvm, exported["iqn"], exported["data"])
     # this boot's journal: the tgt.service drop-in ran the wrapper's restore-exports
     journal = admin.ok(["journalctl", "-b", "-u", "tgt", "--no-pager"])
     assert "restored tid=" in journal and exported["iqn"] in journal, journal[-3000:]

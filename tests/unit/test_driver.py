@@ -340,6 +340,20 @@ def test_thick_backend_no_discard_and_write_cache_off(san):
     assert drv.initialize_connection(v, {"initiator": "iqn.x"})["data"]["discard"] is False
 
 
+def test_no_discard_when_the_lun_cannot_unmap(san):
+    """OpenZFS 2.1 zvols cannot punch holes (tgtd's UNMAP): thin, but no discard announced."""
+    drv = make_driver(san)
+    san.wrapper.can_unmap = lambda path: False
+    v = vol(43)
+    drv.create_volume(v)
+    v.update(drv.create_export(None, v, {}))
+    (t,) = san.targets.values()
+    assert not t.luns[1].thin
+    assert drv.initialize_connection(v, {"initiator": "iqn.x"})["data"]["discard"] is False
+    fresh = make_driver(san)                              # nothing known: no discard either
+    assert fresh.initialize_connection(v, {"initiator": "iqn.x"})["data"]["discard"] is False
+
+
 def test_multipath_portals(san):
     drv = make_driver(san, target_secondary_ip_addresses=["192.0.2.11", "2001:db8::11"])
     v = vol(35)

@@ -25,7 +25,8 @@ class Rec:
 
     def execute(self, argv, check=True, timeout=None, stdin=None):
         self.calls.append((list(argv), stdin))
-        code, out, err = self.answers.pop(0) if self.answers else (0, "tid=3 iqn=x lun=1\n", "")
+        code, out, err = self.answers.pop(0) if self.answers else (
+            0, "tid=3 iqn=x lun=1 unmap=yes\n", "")
         return ssh.check_result(ssh.Result(tuple(argv), code, out, err), self.host) \
             if check else ssh.Result(tuple(argv), code, out, err)
 
@@ -38,7 +39,7 @@ def test_export_argv_and_secret_on_stdin():
     t = tgt.TgtAdm(rec, PFX)
     tid = t.export(DS, IQN, "1111-2222", chap=tgt.Chap("u1", SECRET),
                    initiators=["10.0.0.5", "2001:db8::7"], thin=False, write_cache=False)
-    assert tid == 3
+    assert tid == tgt.Export(3, True)
     (argv, stdin), = rec.calls
     assert argv == ["zol-wrapper", "export", DS, IQN, "1", "1111-2222", "thick", "wc-off",
                     "chap", "10.0.0.5,2001:db8::7"]
@@ -53,9 +54,9 @@ def test_export_argv_and_secret_on_stdin():
 def test_export_retries_transient_errors_not_conflicts():
     busy = (68, "", "zol-ssh-wrapper: export: tgtd: new LUN 1: this logical unit is still "
                     "active\n")
-    rec = Rec([busy, busy, (0, "tid=7 iqn=x lun=1\n", "")])
+    rec = Rec([busy, busy, (0, "tid=7 iqn=x lun=1 unmap=no\n", "")])
     t = tgt.TgtAdm(rec, PFX, retries=3, retry_interval=0)
-    assert t.export(DS, IQN, "s") == 7 and len(rec.calls) == 3
+    assert t.export(DS, IQN, "s") == tgt.Export(7, False) and len(rec.calls) == 3
     conflict = (68, "", "zol-ssh-wrapper: export: target x (tid 1) already serves /dev/sda\n")
     rec = Rec([conflict])
     with pytest.raises(exception.TargetConflict):

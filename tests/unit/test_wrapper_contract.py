@@ -126,7 +126,7 @@ class Recorder:
 
     def execute(self, argv, check=True, timeout=None, stdin=None):
         self.calls.append(list(argv))
-        out = "tid=1 iqn=x lun=1\n" if argv[:2] == ["zol-wrapper", "export"] else ""
+        out = "tid=1 iqn=x lun=1 unmap=no\n" if argv[:2] == ["zol-wrapper", "export"] else ""
         return ssh.Result(tuple(argv), 0, out, "")
 
     def close(self):

@@ -56,7 +56,7 @@ def test_export_sets_identity_unmap_cache_and_chap_before_acl(fake):
     fake.add_zvol(V)
     r = export(fake, wc="wc-off")
     assert r.returncode == 0, r.stderr
-    assert r.stdout.decode() == f"tid=1 iqn={IQN} lun=1\n"
+    assert r.stdout.decode() == f"tid=1 iqn={IQN} lun=1 unmap=yes\n"
     t = fake.tgtd.by_iqn(IQN)
     lu = t.luns[1]
     assert lu.path == str(fake.zvol_dir / V)
@@ -79,6 +79,30 @@ def test_export_sets_identity_unmap_cache_and_chap_before_acl(fake):
                                      "wc": "off", "initiators": ["ALL"], "user": "chapuser1"}
     assert SECRET not in fake.log_text() and SECRET not in r.stdout.decode() + \
         r.stderr.decode()
+
+
+def test_unmap_only_where_the_backing_store_can_punch_holes(fake, tmp_path):
+    """A zvol whose queue has no WRITE ZEROES (OpenZFS 2.1) cannot free space on tgtd's UNMAP
+    (fallocate PUNCH_HOLE): no thin_provisioning there, and the export says unmap=no."""
+    assert W.can_unmap(str(tmp_path / "absent")) is False
+    f = tmp_path / "file"
+    f.write_bytes(b"")
+    assert W.can_unmap(str(f)) is True                    # regular file: holes can be punched
+    assert W.can_unmap("/dev/null") is False              # not a block device
+    loop = [d for d in os.listdir("/sys/block") if d.startswith("loop")]
+    if loop:
+        with open(f"/sys/block/{loop[0]}/queue/write_zeroes_max_bytes") as q:
+            supported = int(q.read()) > 0
+        dev = f"/dev/{loop[0]}"
+        if os.path.exists(dev):
+            assert W.can_unmap(dev) is supported
+    fake.add_zvol(V)
+    zv = fake.zvol_dir / V
+    os.unlink(zv)
+    os.symlink("/dev/null", zv)                           # a device that cannot punch holes
+    r = export(fake)
+    assert r.returncode == 0 and r.stdout.decode().endswith("unmap=no\n"), r.stderr
+    assert not fake.tgtd.by_iqn(IQN).luns[1].thin
 
 
 def test_export_is_idempotent_and_thick_has_no_unmap(fake):

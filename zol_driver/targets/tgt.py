@@ -72,6 +72,15 @@ class Target:
 
 
 @dataclasses.dataclass(frozen=True)
+class Export:
+    """What `zol-wrapper export` made: the target's TID and whether the LUN accepts UNMAP
+    (the SAN's backing store can free space; see can_unmap in the wrapper)."""
+
+    tid: int
+    unmap: bool
+
+
+@dataclasses.dataclass(frozen=True)
 class Chap:
     user: str
     secret: str = dataclasses.field(repr=False)
@@ -198,8 +207,8 @@ class TgtAdm:
 
     def export(self, ds: str, iqn: str, serial: str, lun: int = 1, chap: Chap | None = None,
                initiators: Sequence[str] = ("ALL",), thin: bool = True,
-               write_cache: bool = True) -> int:
-        """Make IQN serve /dev/zvol/DS as LUN; returns the TID.  Idempotent on the SAN."""
+               write_cache: bool = True) -> Export:
+        """Make IQN serve /dev/zvol/DS as LUN.  Idempotent on the SAN."""
         self.check_iqn(iqn)
         argv = ["export", ds, iqn, self.check_lun(lun), self.check_serial(serial),
                 "thin" if thin else "thick", "wc-on" if write_cache else "wc-off",
@@ -228,7 +237,7 @@ class TgtAdm:
         if not m:
             raise exception.ParseError(what="zol-wrapper export", reason="no tid=N",
                                        line=out.strip()[:200])
-        return int(m.group(1))
+        return Export(int(m.group(1)), " unmap=yes" in out)
 
     def unexport(self, iqn: str) -> bool:
         """Delete the target (even with sessions) and its account when no other target uses
