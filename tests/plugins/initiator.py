@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import shlex
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -35,6 +37,8 @@ class Initiator(SanAdmin):
     def __init__(self, state: dict):
         super().__init__(state)
         self.iqn: str = state["initiator"]
+        self._srv: subprocess.Popen | None = None
+        self._lines: queue.Queue = queue.Queue()
 
     def popen(self, argv: list[str]) -> subprocess.Popen:
         return subprocess.Popen(self.base() + [shlex.join(argv)], stdin=subprocess.DEVNULL,
@@ -42,14 +46,61 @@ class Initiator(SanAdmin):
 
     def brick(self, op: str, *args: str, data: dict | None = None, timeout: float = 600,
               ) -> dict:
-        """tools/zol-brick OP in the guest; `data` (secrets included) travels on stdin."""
-        r = self.run(["/usr/local/sbin/zol-brick", op, *args], check=False,
-                     input=json.dumps(data) if data is not None else None, timeout=timeout)
-        if r.returncode != 0:
-            log = self.run(["tail", "-n", "60", "/var/log/zol-brick.log"], check=False).stdout
-            raise AssertionError("zol-brick %s failed (%d): %s\n--- os-brick log ---\n%s"
-                                 % (op, r.returncode, r.stderr.strip()[-4000:], log))
-        return json.loads(r.stdout)
+        """tools/zol-brick OP in the guest through one long-lived `zol-brick serve` (python,
+        os-brick and its privsep daemon start once, as in nova-compute).  `data` (CHAP
+        secrets included) travels on stdin, never on an argv."""
+        req = {"op": op, "multipath": "--multipath" in args, "data": data,
+               "device": next((a for a in args if a.startswith("/")), None)}
+        srv = self._server()
+        try:
+            srv.stdin.write(json.dumps(req) + "\n")
+            srv.stdin.flush()
+            line = self._lines.get(timeout=timeout)
+        except (OSError, queue.Empty) as exc:
+            raise AssertionError("zol-brick %s: no answer (%s)\n%s" % (op, exc, self._log()))
+        if line is None:
+            self._srv = None
+            raise AssertionError("zol-brick serve exited during %s: %s\n%s"
+                                 % (op, srv.stderr.read()[-3000:], self._log()))
+        out = json.loads(line)
+        if not out["ok"]:
+            raise AssertionError("zol-brick %s failed: %s\n%s\n%s"
+                                 % (op, out["error"], out["traceback"], self._log()))
+        result = out["result"]
+        result["op_seconds"] = out["op_seconds"]
+        return result
+
+    def _server(self) -> subprocess.Popen:
+        if self._srv is None or self._srv.poll() is not None:
+            self._srv = subprocess.Popen(
+                self.base() + ["/usr/local/sbin/zol-brick serve"], stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
+            self._lines = queue.Queue()
+            threading.Thread(target=self._pump, args=(self._srv, self._lines),
+                             daemon=True).start()
+        return self._srv
+
+    @staticmethod
+    def _pump(srv: subprocess.Popen, lines: queue.Queue) -> None:
+        for line in srv.stdout:
+            lines.put(line)
+        lines.put(None)
+
+    def _log(self) -> str:
+        r = self.run(["tail", "-n", "60", "/var/log/zol-brick.log"], check=False)
+        return "--- os-brick log ---\n" + r.stdout
+
+    def close(self) -> None:
+        """End the guest's zol-brick server (and with it os-brick's privsep daemon)."""
+        srv, self._srv = self._srv, None
+        if srv is None:
+            return
+        srv.stdin.close()
+        try:
+            srv.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            srv.kill()
+            srv.wait(timeout=30)
 
 
 @pytest.fixture(scope="session")
@@ -82,5 +133,7 @@ def initiator_vm(sanvm, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def initiator(initiator_vm) -> Initiator:
-    return Initiator(initiator_vm)
+def initiator(initiator_vm):
+    ini = Initiator(initiator_vm)
+    yield ini
+    ini.close()

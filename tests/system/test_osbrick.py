@@ -77,6 +77,13 @@ def shared(cinder_stack, initiator):
         wait_gone(lambda: cinder.volumes.get(st.vol.id), what="volume")
 
 
+@pytest.fixture(scope="module")
+def connector(initiator) -> dict:
+    """os-brick's connector properties in the guest, as nova sends them (multipath on); one
+    call per module: each costs ~20 s under TCG (imports + a privsep daemon)."""
+    return initiator.brick("props", "--multipath")
+
+
 def zprops(san_admin, ds: str) -> dict[str, int]:
     out = san_admin.out(["zfs", "get", "-H", "-p", "-o", "property,value",
                          "used,referenced,volsize", ds])
@@ -89,15 +96,14 @@ def dmesg_since(initiator, marker: str) -> list[str]:
     return lines[idx + 1:]
 
 
-def test_connector_properties_come_from_the_guest(initiator):
-    props = initiator.brick("props", "--multipath")
-    assert props["initiator"] == initiator.iqn
-    assert props["multipath"] is True and props["platform"] == "x86_64", props
+def test_connector_properties_come_from_the_guest(initiator, connector):
+    assert connector["initiator"] == initiator.iqn
+    assert connector["multipath"] is True and connector["platform"] == "x86_64", connector
 
 
 def test_attach_with_chap_and_one_multipath_map_per_volume_wwid(cinder, sanvm, initiator,
-                                                                shared):
-    props = initiator.brick("props", "--multipath")
+                                                                shared, connector):
+    props = connector
     vol = cinder.volumes.create(1, volume_type="zol-thin", name="osbrick")
     shared.vol = wait_status(lambda: cinder.volumes.get(vol.id), "available", what="volume")
     att = cinder.attachments.create(vol.id, props, None, "rw")
@@ -195,10 +201,10 @@ def test_online_extend_with_a_writer_running(cinder, initiator, shared):
 
 
 def test_a_second_volume_gets_its_own_map_and_leaves_the_first_alone(cinder, initiator,
-                                                                    shared):
+                                                                    shared, connector):
     """Two LUNs never share a WWID (multipathd would merge them into one map), and detaching
     one volume leaves the other's map and paths untouched."""
-    props = initiator.brick("props", "--multipath")
+    props = connector
     vol = cinder.volumes.create(1, volume_type="zol-thick", name="osbrick-2")
     vol = wait_status(lambda: cinder.volumes.get(vol.id), "available", what="volume")
     att_id = None
