@@ -73,18 +73,9 @@ def zvol(san, ds, size=8 * MIB):
 
 def export_over_ssh(client, ds, iqn, serial=VID, prov="thin", auth="chap", user="u1",
                     secret=SECRET):
-    chan = client.get_transport().open_session(timeout=30)
-    chan.settimeout(60)
-    chan.exec_command(shlex.join(["zol-wrapper", "export", ds, iqn, "1", serial, prov, "wc-on",
-                                  auth, "ALL"]))
-    if auth == "chap":
-        chan.sendall(f"{user} {secret}\n".encode())
-    chan.shutdown_write()
-    out = chan.makefile("rb").read().decode()
-    err = chan.makefile_stderr("rb").read().decode()
-    rc = chan.recv_exit_status()
-    chan.close()
-    return rc, out, err
+    return run_over_ssh(client, shlex.join(["zol-wrapper", "export", ds, iqn, "1", serial, prov,
+                                            "wc-on", auth, "ALL"]), timeout=60,
+                        stdin=f"{user} {secret}\n" if auth == "chap" else "")
 
 
 def url(tgtd, iqn, user=None, secret=None):

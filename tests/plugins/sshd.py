@@ -68,11 +68,15 @@ class WrapperSshd:
 
 
 def run_over_ssh(client: paramiko.SSHClient, command: str | bytes,
-                 timeout: float = 30) -> tuple[int, str, str]:
-    """Exec one command on a new channel of the client's transport: (exit, stdout, stderr)."""
+                 timeout: float = 30, stdin: str | None = None) -> tuple[int, str, str]:
+    """Exec one command on a new channel of the client's transport: (exit, stdout, stderr).
+    `stdin` (CHAP credentials) goes on the channel, like the driver sends it."""
     chan = client.get_transport().open_session(timeout=timeout)
     chan.settimeout(timeout)
     chan.exec_command(command)
+    if stdin is not None:
+        chan.sendall(stdin.encode())
+        chan.shutdown_write()
     out = chan.makefile("rb").read()
     err = chan.makefile_stderr("rb").read()
     rc = chan.recv_exit_status()

@@ -66,20 +66,8 @@ class SanKey:
 
     def run_stdin(self, argv: list[str], stdin: str, timeout: float = 120):
         """argv with data on the channel's stdin (CHAP credentials), like the driver."""
-        t = self.client.get_transport() if self.client else None
-        if t is None or not t.is_active():
-            self.close()
-            self.client = self.connect()
-        chan = self.client.get_transport().open_session(timeout=timeout)
-        chan.settimeout(timeout)
-        chan.exec_command(shlex.join(argv))
-        chan.sendall(stdin.encode())
-        chan.shutdown_write()
-        out = chan.makefile("rb").read().decode()
-        err = chan.makefile_stderr("rb").read().decode()
-        rc = chan.recv_exit_status()
-        chan.close()
-        return rc, out, err
+        self.run(["zol-wrapper", "version"], timeout)        # (re)connects when needed
+        return run_over_ssh(self.client, shlex.join(argv), timeout=timeout, stdin=stdin)
 
     def ok(self, argv: list[str], timeout: float = 120) -> str:
         rc, out, err = self.run(argv, timeout)
