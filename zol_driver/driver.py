@@ -135,11 +135,6 @@ class ZFSonLinuxISCSIDriver(image_transfer.LibiscsiImageTransferMixin, driver.IS
         self.tgt: tgt.TgtAdm | None = None
         self._pool: futures.ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
-        # volume id -> does its LUN accept UNMAP (from the last export in this process;
-        # Cinder calls create_export right before initialize_connection, ensure_export at
-        # start).  Unknown -> no discard: announcing it on a LUN that fails UNMAP makes the
-        # guest's fstrim fail.
-        self._unmap: dict[str, bool] = {}
 
     @classmethod
     def get_driver_options(cls) -> list:
@@ -231,6 +226,13 @@ class ZFSonLinuxISCSIDriver(image_transfer.LibiscsiImageTransferMixin, driver.IS
     @property
     def _thin(self) -> bool:
         return bool(self.configuration.san_thin_provision)
+
+    @property
+    def _discard(self) -> bool:
+        """UNMAP on thin LUNs, only when the operator says the SAN's tgt can do it (Cinder's
+        report_discard_supported): tgt 1.0.85 (Debian 12/13) fails every UNMAP on a zvol
+        (doc/operator-guide.md, "Discard")."""
+        return self._thin and bool(self.configuration.safe_get("report_discard_supported"))
 
     def _ds(self, volume_name: str) -> str:
         assert self.zfs is not None
@@ -528,16 +530,15 @@ class ZFSonLinuxISCSIDriver(image_transfer.LibiscsiImageTransferMixin, driver.IS
         chap = self._chap_for(volume, create)
         initiators = list(c.zol_target_initiators) or ["ALL"]
         made = self.tgt.export(ds, iqn, str(volume["id"]), LUN, chap, initiators,
-                               thin=self._thin, write_cache=c.safe_get("iscsi_write_cache")
-                               != "off")
-        self._unmap[str(volume["id"])] = made.unmap
+                               thin=self._thin, unmap=self._discard,
+                               write_cache=c.safe_get("iscsi_write_cache") != "off")
         update = {"provider_location": self._location(made.tid, iqn, LUN),
                   "provider_auth": f"CHAP {chap.user} {chap.secret}" if chap else None}
         LOG.info("exported %s as %s (tid %d, CHAP %s, UNMAP %s)", ds, iqn, made.tid,
                  "on" if chap else "off", "yes" if made.unmap else "no")
-        if self._thin and not made.unmap:
-            LOG.info("%s: the SAN's tgtd cannot free space on UNMAP for this zvol "
-                     "(doc/operator-guide.md, 'Discard'): discard is not announced", ds)
+        if self._discard and not made.unmap:
+            LOG.warning("%s: its LUN existed before without UNMAP and keeps its parameters "
+                        "until it is exported again", ds)
         return update
 
     def _wait_zvol(self, ds: str, quiet: bool = False) -> None:
@@ -582,12 +583,12 @@ class ZFSonLinuxISCSIDriver(image_transfer.LibiscsiImageTransferMixin, driver.IS
 
     def initialize_connection(self, volume: Any, connector: Any) -> dict:
         """Cinder's iSCSI properties (all portals of provider_location when the connector
-        asks for multipath), CHAP from provider_auth, discard only when the volume's LUN
-        accepts UNMAP (thin backend and a backing store that can punch holes)."""
+        asks for multipath), CHAP from provider_auth, discard only on thin backends whose
+        SAN can UNMAP (report_discard_supported; the LUN then has thin_provisioning=1)."""
         info = super().initialize_connection(volume, connector)
         data = info["data"]
         info["driver_volume_type"] = "iscsi"
-        data["discard"] = self._thin and self._unmap.get(str(volume["id"]), False)
+        data["discard"] = self._discard
         if (connector or {}).get("multipath") and "target_portals" not in data:
             # As Cinder's ISCSITarget: a multipath connector always gets the lists.
             data["target_portals"] = [data["target_portal"]]

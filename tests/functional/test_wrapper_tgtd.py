@@ -71,7 +71,7 @@ def zvol(san, ds, size=8 * MIB):
     return p
 
 
-def export_over_ssh(client, ds, iqn, serial=VID, prov="thin", auth="chap", user="u1",
+def export_over_ssh(client, ds, iqn, serial=VID, prov="thin-unmap", auth="chap", user="u1",
                     secret=SECRET):
     return run_over_ssh(client, shlex.join(["zol-wrapper", "export", ds, iqn, "1", serial, prov,
                                             "wc-on", auth, "ALL"]), timeout=60,
@@ -260,8 +260,8 @@ def test_tgtd_restart_restores_the_same_identity(san, client, host_tgtd):
 
 
 def test_unmap_frees_space_where_the_backing_store_can_punch_holes(san, client, host_tgtd):
-    """Where fallocate(PUNCH_HOLE) works (a file here; a zvol with WRITE ZEROES), the thin LUN
-    announces UNMAP and an initiator's discard really frees the blocks."""
+    """PROVISION=thin-unmap: the LUN announces UNMAP, and where tgtd's fallocate(PUNCH_HOLE)
+    works (a file here; a zvol needs tgt >= 1.0.90) an initiator's discard frees the blocks."""
     ds = "zol/cinder/volume-unmap"
     p = zvol(san, ds, 32 * MIB)
     iqn = PFX + "volume-unmap"

@@ -261,7 +261,7 @@ def test_export_chap_by_default_identity_and_state(san, monkeypatch):
                    "provider_auth": f"CHAP {user} {secret}"}
     assert t.acls == ["ALL"]
     lun = t.luns[1]
-    assert lun.scsi_id == lun.scsi_sn == v["id"] and lun.thin and lun.mode_pages == []
+    assert lun.scsi_id == lun.scsi_sn == v["id"] and not lun.thin and lun.mode_pages == []
     # the secret travelled on stdin, never on an argv
     (i,) = [i for i, c in enumerate(san.calls) if c[:2] == ["zol-wrapper", "export"]]
     assert san.stdins[i] == f"{user} {secret}\n"
@@ -282,7 +282,7 @@ def test_export_chap_by_default_identity_and_state(san, monkeypatch):
     assert data["target_portal"] == "192.0.2.10:3261" and data["target_iqn"] == iqn
     assert data["target_lun"] == 1 and data["auth_method"] == "CHAP"
     assert data["auth_username"] == user and data["auth_password"] == secret
-    assert data["discard"] is True and data["target_discovered"] is False
+    assert data["discard"] is False and data["target_discovered"] is False
     assert drv.terminate_connection(v, {"initiator": "iqn.x"}) is False
     shared = dict(v, volume_attachment=[object(), object()])
     assert drv.terminate_connection(shared, {"initiator": "iqn.x"}) is True
@@ -340,18 +340,33 @@ def test_thick_backend_no_discard_and_write_cache_off(san):
     assert drv.initialize_connection(v, {"initiator": "iqn.x"})["data"]["discard"] is False
 
 
-def test_no_discard_when_the_lun_cannot_unmap(san):
-    """OpenZFS 2.1 zvols cannot punch holes (tgtd's UNMAP): thin, but no discard announced."""
-    drv = make_driver(san)
-    san.wrapper.can_unmap = lambda path: False
+def test_discard_only_when_the_operator_says_the_san_can_unmap(san):
+    """tgt 1.0.85 fails every UNMAP on a zvol: by default (report_discard_supported unset) a
+    thin LUN gets no thin_provisioning and no discard is announced; with it (tgt >= 1.0.90)
+    both; a thick backend never."""
+    default = make_driver(san)
     v = vol(43)
-    drv.create_volume(v)
-    v.update(drv.create_export(None, v, {}))
+    default.create_volume(v)
+    v.update(default.create_export(None, v, {}))
     (t,) = san.targets.values()
     assert not t.luns[1].thin
-    assert drv.initialize_connection(v, {"initiator": "iqn.x"})["data"]["discard"] is False
-    fresh = make_driver(san)                              # nothing known: no discard either
-    assert fresh.initialize_connection(v, {"initiator": "iqn.x"})["data"]["discard"] is False
+    assert default.initialize_connection(v, {"initiator": "iqn.x"})["data"]["discard"] is False
+    default.remove_export(None, v)
+    on = make_driver(san, report_discard_supported=True)
+    v.update(on.create_export(None, v, {}))
+    (t,) = san.targets.values()
+    assert t.luns[1].thin
+    assert on.initialize_connection(v, {"initiator": "iqn.x"})["data"]["discard"] is True
+    on.remove_export(None, v)
+    thick = make_driver(san, zol_parent_dataset="zol/cinder-thick", san_thin_provision=False,
+                        report_discard_supported=True)
+    w = vol(44)
+    thick.create_volume(w)
+    w.update(thick.create_export(None, w, {}))
+    assert thick.initialize_connection(w, {"initiator": "iqn.x"})["data"]["discard"] is False
+    thick.remove_export(None, w)
+    for d, x in ((default, v), (thick, w)):
+        d.delete_volume(x)
 
 
 def test_multipath_portals(san):
@@ -598,7 +613,7 @@ def _counter_secret():
 
 def scenario(san):
     """Every driver operation and branch once, deterministically."""
-    thin = make_driver(san, use_chap_auth=True)
+    thin = make_driver(san, use_chap_auth=True, report_discard_supported=True)
     thick = make_driver(san, zol_parent_dataset="zol/cinder-thick", san_thin_provision=False,
                         zol_volblocksize=16384, zol_clone_mode="copy",
                         zol_target_initiators=["192.0.2.20", "2001:db8::20"])

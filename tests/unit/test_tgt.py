@@ -38,7 +38,8 @@ def test_export_argv_and_secret_on_stdin():
     rec = Rec()
     t = tgt.TgtAdm(rec, PFX)
     tid = t.export(DS, IQN, "1111-2222", chap=tgt.Chap("u1", SECRET),
-                   initiators=["10.0.0.5", "2001:db8::7"], thin=False, write_cache=False)
+                   initiators=["10.0.0.5", "2001:db8::7"], thin=False, unmap=True,
+                   write_cache=False)
     assert tid == tgt.Export(3, True)
     (argv, stdin), = rec.calls
     assert argv == ["zol-wrapper", "export", DS, IQN, "1", "1111-2222", "thick", "wc-off",
@@ -47,8 +48,10 @@ def test_export_argv_and_secret_on_stdin():
     assert SECRET not in repr(tgt.Chap("u1", SECRET))
     rec.calls.clear()
     t.export(DS, IQN, "1111-2222")
-    assert rec.calls == [(["zol-wrapper", "export", DS, IQN, "1", "1111-2222", "thin", "wc-on",
-                           "none", "ALL"], None)]
+    t.export(DS, IQN, "1111-2222", unmap=True)
+    assert [c[0][6] for c in rec.calls] == ["thin", "thin-unmap"]
+    assert rec.calls[0] == (["zol-wrapper", "export", DS, IQN, "1", "1111-2222", "thin", "wc-on",
+                             "none", "ALL"], None)
 
 
 def test_export_retries_transient_errors_not_conflicts():

@@ -181,6 +181,7 @@ def builder_argv() -> list[list[str]]:
             for wc in (True, False):
                 t.export(f"{parent}/volume-{UUID}", iqn, UUID, chap=chap, thin=thin,
                          write_cache=wc, initiators=("10.0.0.5", "2001:db8::7"))
+        t.export(f"{parent}/volume-{UUID}", iqn, UUID, thin=True, unmap=True)
         t.export(f"{parent}/volume-{UUID}", iqn, UUID, lun=999)
     t.unexport(iqn)
     t.resize_lun(iqn)

@@ -54,7 +54,7 @@ def export(fake, ds=V, iqn=IQN, serial=VID, prov="thin", wc="wc-on", auth="chap"
 
 def test_export_sets_identity_unmap_cache_and_chap_before_acl(fake):
     fake.add_zvol(V)
-    r = export(fake, wc="wc-off")
+    r = export(fake, wc="wc-off", prov="thin-unmap")
     assert r.returncode == 0, r.stderr
     assert r.stdout.decode() == f"tid=1 iqn={IQN} lun=1 unmap=yes\n"
     t = fake.tgtd.by_iqn(IQN)
@@ -76,33 +76,29 @@ def test_export_sets_identity_unmap_cache_and_chap_before_acl(fake):
     state = fake.export_state()
     assert state["accounts"] == {"chapuser1": {"secret": SECRET}}
     assert state["exports"][IQN] == {"ds": V, "lun": 1, "serial": VID, "thin": True,
-                                     "wc": "off", "initiators": ["ALL"], "user": "chapuser1"}
+                                     "unmap": True, "wc": "off", "initiators": ["ALL"],
+                                     "user": "chapuser1"}
     assert SECRET not in fake.log_text() and SECRET not in r.stdout.decode() + \
         r.stderr.decode()
 
 
-def test_unmap_only_where_the_backing_store_can_punch_holes(fake, tmp_path):
-    """A zvol whose queue has no WRITE ZEROES (OpenZFS 2.1) cannot free space on tgtd's UNMAP
-    (fallocate PUNCH_HOLE): no thin_provisioning there, and the export says unmap=no."""
-    assert W.can_unmap(str(tmp_path / "absent")) is False
-    f = tmp_path / "file"
-    f.write_bytes(b"")
-    assert W.can_unmap(str(f)) is True                    # regular file: holes can be punched
-    assert W.can_unmap("/dev/null") is False              # not a block device
-    loop = [d for d in os.listdir("/sys/block") if d.startswith("loop")]
-    if loop:
-        with open(f"/sys/block/{loop[0]}/queue/write_zeroes_max_bytes") as q:
-            supported = int(q.read()) > 0
-        dev = f"/dev/{loop[0]}"
-        if os.path.exists(dev):
-            assert W.can_unmap(dev) is supported
+def test_unmap_only_when_asked(fake):
+    """thin: a sparse zvol, but no thin_provisioning (tgt 1.0.85 cannot UNMAP on a zvol);
+    thin-unmap: thin_provisioning=1 (LBPU), for a tgt that can (report_discard_supported)."""
     fake.add_zvol(V)
-    zv = fake.zvol_dir / V
-    os.unlink(zv)
-    os.symlink("/dev/null", zv)                           # a device that cannot punch holes
-    r = export(fake)
-    assert r.returncode == 0 and r.stdout.decode().endswith("unmap=no\n"), r.stderr
+    r = export(fake, prov="thin")
+    assert r.returncode == 0 and r.stdout.decode().endswith(" unmap=no\n"), r.stderr
     assert not fake.tgtd.by_iqn(IQN).luns[1].thin
+    assert fake.export_state()["exports"][IQN]["thin"] is True
+    assert fake.export_state()["exports"][IQN]["unmap"] is False
+    ds2, iqn2 = "zol/cinder/volume-u2", PFX + "volume-u2"
+    fake.add_zvol(ds2)
+    r = export(fake, ds=ds2, iqn=iqn2, prov="thin-unmap", user="u2")
+    assert r.returncode == 0 and r.stdout.decode().endswith(" unmap=yes\n"), r.stderr
+    assert fake.tgtd.by_iqn(iqn2).luns[1].thin
+    fake.reset_tgt()                                      # restored with the same choice
+    assert wrapper(fake, "zol-wrapper", "restore-exports").returncode == 0
+    assert fake.tgtd.by_iqn(iqn2).luns[1].thin and not fake.tgtd.by_iqn(IQN).luns[1].thin
 
 
 def test_export_is_idempotent_and_thick_has_no_unmap(fake):
@@ -179,7 +175,7 @@ def test_show_exports_lists_only_ours_without_secrets(fake):
     obj = json.loads(line)
     assert obj["iqn"] == IQN and obj["tid"] == 2 and obj["recorded"] is True
     assert obj["luns"] == [{"lun": 1, "path": str(fake.zvol_dir / V), "scsi_id": VID,
-                            "size_mb": 0, "thin": True}]
+                            "size_mb": 0, "thin": False}]
     assert obj["accounts"] == ["chapuser1"] and SECRET not in r.stdout.decode()
 
 

@@ -82,7 +82,8 @@ ORACLE_LINES = [
     "zol-wrapper version",
     f"zol-wrapper wait-zvol {_DS}(?: {_SECS})?",
     f"zol-wrapper copy {_SNAP} {_DS}",
-    f"zol-wrapper export {_DS} {_IQN} {_LUN} {_SERIAL} (?:thin|thick) (?:wc-on|wc-off) "
+    f"zol-wrapper export {_DS} {_IQN} {_LUN} {_SERIAL} (?:thin|thin-unmap|thick) "
+    "(?:wc-on|wc-off) "
     f"(?:chap|none) {_INIS}",
     f"zol-wrapper (?:unexport|resize-lun) {_IQN}",
     "zol-wrapper show-exports",
@@ -179,7 +180,7 @@ GEN = {
                                  "zol:deleted")),
     "SERIAL": lambda r: r.choice(_COMP_FIRST) + "".join(
         r.choices(_COMP_FIRST + "-", k=r.randint(0, 35))),
-    "PROV": lambda r: r.choice(("thin", "thick")),
+    "PROV": lambda r: r.choice(("thin", "thin-unmap", "thick")),
     "WC": lambda r: r.choice(("wc-on", "wc-off")),
     "AUTH": lambda r: r.choice(("chap", "none")),
     "INIS": lambda r: "ALL" if r.random() < 0.5 else ",".join(

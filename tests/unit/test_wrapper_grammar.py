@@ -93,6 +93,7 @@ VERBS = [
     "zol-wrapper export " + V + " " + IQN + " 1 0b6e8f2a-1111-4c2d-9a1b-3c4d5e6f7a8b thin wc-on "
     "chap ALL",
     "zol-wrapper export " + T + " " + IQN + " 999 x thick wc-off none 10.0.0.1,2001:db8::1",
+    "zol-wrapper export " + V + " " + IQN + " 1 x thin-unmap wc-on none ALL",
     "zol-wrapper unexport " + IQN,
     "zol-wrapper resize-lun " + IQN,
     "zol-wrapper show-exports",
@@ -223,7 +224,7 @@ DENY = [
     (EXPORT.replace(" 1 ", " 0 ") + "ALL", "LUN must be"),
     (EXPORT.replace("0b6e8f2a-1111", "a" * 37) + "ALL", "serial must be"),
     (EXPORT.replace("0b6e8f2a-1111", "-x") + "ALL", "serial must be"),
-    (EXPORT.replace(" thin ", " sparse ") + "ALL", "must be one of thin, thick"),
+    (EXPORT.replace(" thin ", " sparse ") + "ALL", "must be one of thin, thin-unmap, thick"),
     (EXPORT.replace(" wc-on ", " on ") + "ALL", "must be one of wc-on, wc-off"),
     (EXPORT.replace(" chap ", " CHAP ") + "ALL", "must be one of chap, none"),
     (EXPORT + "10.0.0.0/8", "initiator must be"),

@@ -207,11 +207,12 @@ class TgtAdm:
 
     def export(self, ds: str, iqn: str, serial: str, lun: int = 1, chap: Chap | None = None,
                initiators: Sequence[str] = ("ALL",), thin: bool = True,
-               write_cache: bool = True) -> Export:
+               unmap: bool = False, write_cache: bool = True) -> Export:
         """Make IQN serve /dev/zvol/DS as LUN.  Idempotent on the SAN."""
         self.check_iqn(iqn)
         argv = ["export", ds, iqn, self.check_lun(lun), self.check_serial(serial),
-                "thin" if thin else "thick", "wc-on" if write_cache else "wc-off",
+                ("thin-unmap" if unmap else "thin") if thin else "thick",
+                "wc-on" if write_cache else "wc-off",
                 "chap" if chap else "none", self.check_initiators(initiators)]
         stdin = None
         if chap:
