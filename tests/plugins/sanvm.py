@@ -85,11 +85,15 @@ def assert_stopped(state: dict) -> None:
     mod = load_sanvm_module()
     assert not mod._alive(state["pid"]), "qemu pid %d still running after stop" % state["pid"]
     assert not Path(state["run_dir"]).exists(), "run dir (overlay, pool disk) left behind"
-    for port in (state["ssh_port"], state["iscsi_port"]):
+    addrs = [("127.0.0.1", state["ssh_port"]), ("127.0.0.1", state["iscsi_port"])]
+    for portal in state.get("iscsi_portals", []):  # every loopback address forwarded
+        addr, _, port = portal.rpartition(":")
+        addrs.append((addr, int(port)))
+    for addr in addrs:
         with socket.socket() as s:
             # TIME_WAIT of closed connections is no leak; a live listener still fails the bind
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind(("127.0.0.1", port))  # raises if qemu still holds the forwarded port
+            s.bind(addr)  # raises if qemu still holds the forwarded port
 
 
 @pytest.fixture(scope="session")
