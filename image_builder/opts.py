@@ -72,7 +72,9 @@ build_opts = [
                help="Seconds the test launch may take to let the SSH key in (TCG: minutes)."),
     cfg.StrOpt("verify_nic", default="virtio-net-pci@0x3",
                help="NIC of the test launch as MODEL@PCI_SLOT (virtio-net-pci, e1000; slot "
-                    "0x3-0x1f): the image must configure it whatever its name."),
+                    "0x3-0x1f): the image must configure it whatever its name.  The cloud "
+                    "kernels (linux-image-cloud-amd64, bookworm and trixie) have no e1000 "
+                    "driver: e1000 needs kernel_package linux-image-amd64."),
     cfg.IntOpt("verify_memory", default=1024, min=256,
                help="Memory (MiB) of the test launch (cloud-init needs ~512)."),
     cfg.StrOpt("verify_marker", default="",
