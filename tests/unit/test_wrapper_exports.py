@@ -348,3 +348,23 @@ def test_state_file_with_loose_mode_is_refused(fake):
     os.chmod(fake.state_dir, 0o755)
     r = wrapper(fake, "zol-wrapper", "show-exports")
     assert r.returncode == W.EXIT_VERB and b"mode 0700" in r.stderr
+
+
+def test_lock_wait_is_bounded_and_blocking(fake):
+    """The lock is a blocking flock with a deadline (no CPU-burning poll), and a waiter gives
+    up with a clear message."""
+    cfg = W.load_config(str(fake.conf))
+    fd = os.open(fake.lock_file, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        t0 = time.monotonic()
+        c0 = time.process_time()
+        with pytest.raises(W.VerbError, match="still busy after 1 s"):
+            W.take_lock(cfg, timeout=1.0)
+        assert 0.9 <= time.monotonic() - t0 < 5
+        assert time.process_time() - c0 < 0.2                 # slept, did not poll
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+    got = W.take_lock(cfg, timeout=1.0)
+    os.close(got)

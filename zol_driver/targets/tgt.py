@@ -245,7 +245,16 @@ class TgtAdm:
         it; False if it was not there."""
         self.check_iqn(iqn)
         with self._lock(iqn):
-            return self._verb("unexport", iqn).startswith("removed")
+            for attempt in range(self.retries + 1):
+                try:
+                    return self._verb("unexport", iqn).startswith("removed")
+                except exception.TargetBusy as exc:
+                    if attempt == self.retries:
+                        raise
+                    LOG.info("unexport of %s: SAN busy (attempt %d): %s", iqn, attempt + 1,
+                             exc.stderr.strip())
+                    time.sleep(self.retry_interval * (attempt + 1))
+        raise AssertionError("unreachable")
 
     def resize_lun(self, iqn: str) -> bool:
         """Make tgtd re-read the zvol's size in place; False when the IQN is not exported."""
