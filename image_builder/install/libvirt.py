@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import logging
 import lzma
 import os
@@ -277,6 +278,37 @@ def probe_mirror(mirror: str, release: str, arch: str = "amd64",
 
 
 _KVM_RESULT: dict[str, object] = {}
+# Whether KVM can run a guest does not change until the host reboots: one probe per boot (25 s
+# when it hangs) instead of one per build process.
+KVM_CACHE = Path("/run/zol-openstack/kvm-probe.json")
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def cached_kvm_probe(cache: Path = KVM_CACHE) -> dict | None:
+    """The probe result of this host boot, if one was recorded."""
+    try:
+        data = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or not _boot_id() or data.get("boot_id") != _boot_id():
+        return None
+    return data.get("result") if isinstance(data.get("result"), dict) else None
+
+
+def record_kvm_probe(result: dict, cache: Path = KVM_CACHE) -> None:
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp.%d" % os.getpid())
+        tmp.write_text(json.dumps({"boot_id": _boot_id(), "result": result}))
+        os.replace(tmp, cache)
+    except OSError as exc:
+        LOG.debug("KVM probe not cached (%s): %s", cache, exc)
 
 
 def probe_kvm(kernel: str, timeout: float = 25) -> dict:
@@ -286,6 +318,11 @@ def probe_kvm(kernel: str, timeout: float = 25) -> dict:
     if _KVM_RESULT:
         return dict(_KVM_RESULT)
     result: dict[str, object]
+    cached = cached_kvm_probe() if os.path.exists("/dev/kvm") else None
+    if cached is not None:
+        LOG.info("KVM probe (cached for this boot in %s): %s", KVM_CACHE, cached.get("reason"))
+        _KVM_RESULT.update(cached)
+        return dict(cached)
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         result = {"ok": False, "reason": "/dev/kvm is not accessible"}
     else:
@@ -311,6 +348,8 @@ def probe_kvm(kernel: str, timeout: float = 25) -> dict:
                                              "(hangs: KVM unusable here)" % timeout}
     LOG.info("KVM probe: %s", result["reason"])
     _KVM_RESULT.update(result)
+    if os.path.exists("/dev/kvm"):
+        record_kvm_probe(dict(result))
     return result
 
 

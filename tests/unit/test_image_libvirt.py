@@ -168,3 +168,15 @@ def test_real_installer_console_at_the_mirror_wall():
     assert lv.phase_of(text) == "download installer components"
     assert lv.mirror_failure(text) == "apt-mirror-setup"
     assert lv.mirror_failure(text[:text.find("Download installer components")]) is None
+
+
+def test_kvm_probe_is_cached_for_this_boot_only(tmp_path, monkeypatch):
+    cache = tmp_path / "kvm-probe.json"
+    assert lv.cached_kvm_probe(cache) is None
+    result = {"ok": False, "reason": "a kernel under KVM did not boot within 25 s"}
+    lv.record_kvm_probe(result, cache)
+    assert lv.cached_kvm_probe(cache) == result
+    monkeypatch.setattr(lv, "_boot_id", lambda: "another-boot")
+    assert lv.cached_kvm_probe(cache) is None          # a reboot may change what KVM can do
+    cache.write_text("not json")
+    assert lv.cached_kvm_probe(cache) is None
