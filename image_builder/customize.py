@@ -97,7 +97,7 @@ ssh_pwauth: false
 preserve_hostname: false
 manage_etc_hosts: true
 ssh_deletekeys: true
-# the image's sources (chosen at build time) stay: no template rewrite at first boot
+%(locale)s# the image's sources (chosen at build time) stay: no template rewrite at first boot
 apt:
   preserve_sources_list: true
 system_info:
@@ -216,6 +216,12 @@ def sources(release: str, mirror: str, security_mirror: str = "",
     return lines
 
 
+def cloud_locale(locales: list[str]) -> str:
+    """cloud.cfg's ``locale``: the image's own (cloud-init's Debian default C.UTF-8 would
+    rewrite /etc/default/locale and run update-locale on first boot, ~6 s under TCG)."""
+    return "locale: %s\n" % locales[0] if locales else ""
+
+
 def locale_gen_lines(locales: list[str]) -> str:
     """/etc/locale.gen content: 'en_US.UTF-8 UTF-8' from 'en_US.UTF-8'."""
     lines = []
@@ -296,7 +302,8 @@ def steps(profile: Profile) -> list[Step]:
         ]
         if profile.cloud_init:
             out.append(WriteFile("etc/cloud/cloud.cfg.d/90-zol.cfg",
-                                 CLOUD_CFG % {"user": ADMIN_USER}))
+                                 CLOUD_CFG % {"user": ADMIN_USER,
+                                              "locale": cloud_locale(profile.locales)}))
         else:
             out += [WriteFile("usr/local/sbin/zol-growroot", GROWROOT, 0o755),
                     WriteFile("etc/systemd/system/zol-growroot.service", GROWROOT_UNIT)]

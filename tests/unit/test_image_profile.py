@@ -98,7 +98,7 @@ def test_cloud_profile_content(tmp_path):
     assert "datasource_list: [ConfigDrive, OpenStack, NoCloud, None]" in cfg
     for line in ("name: debian", "disable_root: true", "ssh_pwauth: false",
                  'sudo: ["ALL=(ALL) NOPASSWD:ALL"]', "renderers: [networkd]",
-                 "preserve_sources_list: true"):
+                 "preserve_sources_list: true", "\nlocale: en_US.UTF-8\n"):
         assert line in cfg, line
     assert "PasswordAuthentication no" in tree["etc/ssh/sshd_config.d/50-zol.conf"][1]
     fstab = tree["etc/fstab"][1]

@@ -219,3 +219,42 @@ def test_guest_agent_client_speaks_the_qga_protocol(tmp_path):
 def test_guest_agent_absent_is_reported(tmp_path):
     keys, problem = verify.agent_host_keys(str(tmp_path / "none.sock"), timeout=1)
     assert keys == set() and "did not answer" in problem
+
+
+def test_launch_vcpus_default_to_two_within_the_host():
+    assert opt(verify.qemu_argv(disk="/i", console="/c", pidfile="/p"), "-smp") == ["1"]
+    assert opt(verify.qemu_argv(disk="/i", console="/c", pidfile="/p", cpus=2), "-smp") == ["2"]
+    import os
+    assert verify.launch_cpus() == min(2, os.cpu_count() or 1)
+
+
+def _listener():
+    import socket
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    return srv
+
+
+def test_ssh_banner_peek_leaves_the_banner_for_paramiko():
+    import threading
+    srv = _listener()
+    t = threading.Thread(target=lambda: srv.accept()[0].sendall(b"SSH-2.0-test\r\n"))
+    t.start()
+    sock = verify.ssh_banner_socket(srv.getsockname()[1], wait=5)
+    t.join()
+    assert sock is not None
+    assert sock.recv(64) == b"SSH-2.0-test\r\n"          # peeked, not consumed
+    sock.close()
+    srv.close()
+
+
+def test_ssh_banner_peek_gives_up_quickly_on_a_silent_or_closed_port():
+    import time
+    srv = _listener()                  # accepts (like slirp) but never speaks
+    t0 = time.monotonic()
+    assert verify.ssh_banner_socket(srv.getsockname()[1], wait=0.5) is None
+    assert time.monotonic() - t0 < 3
+    port = srv.getsockname()[1]
+    srv.close()
+    assert verify.ssh_banner_socket(port, wait=0.5) is None      # refused
