@@ -237,6 +237,50 @@ def test_a_second_volume_gets_its_own_map_and_leaves_the_first_alone(cinder, ini
         wait_gone(lambda: cinder.volumes.get(vol.id), what="volume")
 
 
+def _dm_paths(initiator) -> tuple[int, int]:
+    """(active ready, failed) paths of the guest's maps, from `multipath -ll`."""
+    lines = initiator.out(["multipath", "-ll"]).splitlines()
+    return (sum(" active ready " in line for line in lines),
+            sum(" failed " in line for line in lines))
+
+
+def _wait_dm_paths(initiator, want: tuple[int, int], timeout: float) -> float:
+    t0 = time.monotonic()
+    while (got := _dm_paths(initiator)) != want:
+        if time.monotonic() - t0 > timeout:
+            raise AssertionError("multipath paths (active, failed) = %s, wanted %s after %.0f s\n%s"
+                                 % (got, want, timeout, initiator.out(["multipath", "-ll"])))
+        time.sleep(2)
+    return time.monotonic() - t0
+
+
+def test_losing_one_portal_fails_over_without_an_io_error(initiator, shared):
+    """The second portal's path goes away (its listener in the guest stops: connection reset),
+    dm-multipath fails that path and the writer's I/O carries on over the first one; when the
+    portal is back the path is reinstated.  Measured: failover ~5 s (os-brick's 5 s session
+    replacement timeout), the write in flight on the lost path is retried on the other one."""
+    unit = initiator.state["forwards"][-1]["unit"]
+    dev = shared.device_info["path"]
+    writer = initiator.popen(["/usr/local/sbin/zol-brick", "write", dev, "--span-mib", "4",
+                              "--seconds", "600", "--stop-file", STOP_FILE])
+    try:
+        time.sleep(5)
+        initiator.run(["systemctl", "stop", unit])
+        failed_after = _wait_dm_paths(initiator, (1, 1), 120)
+        time.sleep(5)  # writing on one path only
+        initiator.run(["systemctl", "start", unit])
+        back_after = _wait_dm_paths(initiator, (2, 0), 240)
+    finally:
+        initiator.run(["systemctl", "start", unit], check=False)
+        initiator.run(["touch", STOP_FILE], check=False)
+        stdout, stderr = writer.communicate(timeout=600)
+    assert writer.returncode == 0, "writer failed: %s" % stderr[-3000:]
+    w = json.loads(stdout)
+    print("path lost -> failed in %.0f s, reinstated %.0f s after the portal came back; writer %s"
+          % (failed_after, back_after, {k: w[k] for k in ("writes", "max_latency", "seconds")}))
+    assert not w["errors"] and not w["blocks_bad"] and w["writes"] > 0, w
+
+
 def test_discard_is_not_announced_so_the_guest_never_sends_unmap(initiator, san_admin, shared):
     """Shipped default (report_discard_supported = False): tgt 1.0.85 answers UNMAP on a zvol
     with HARDWARE ERROR (bs_rdwr punches a hole with fallocate, which a zvol refuses; measured:
