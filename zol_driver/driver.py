@@ -74,6 +74,19 @@ _EXPORT_OPS = ("create_export", "ensure_export", "remove_export", "extend_volume
                "revert_to_snapshot")
 
 
+def _snapshot_known(sid: str) -> bool:
+    """Does Cinder's database still have snapshot SID (the snapshot twin of
+    volume_utils.check_already_managed_volume)?"""
+    import uuid
+
+    from cinder import context, objects
+    try:
+        uuid.UUID(sid)
+    except ValueError:
+        return False
+    return bool(objects.Snapshot.exists(context.get_admin_context(), sid))
+
+
 def _translate(func: Callable) -> Callable:
     """Turn zol_driver errors into Cinder's at the boundary (Cinder's own pass through)."""
 
@@ -695,18 +708,20 @@ class ZFSonLinuxISCSIDriver(image_transfer.LibiscsiImageTransferMixin, driver.IS
         return info
 
     def _refuse_managed_volume(self, volume: Any, info: dict, existing_ref: Any) -> None:
-        """A zvol named like a Cinder volume (volume-<uuid>), or one that is exported, is
-        already Cinder's: managing it again would rename a live volume away."""
+        """A zvol of a volume Cinder still has (volume-<uuid> with that uuid in Cinder's
+        database, as the LVM driver checks), or one that is exported, is already Cinder's:
+        managing it again would rename a live volume away.  An unmanaged volume keeps its
+        name and can be managed again."""
         assert self.tgt is not None
         comp = info["name"].rpartition("/")[2]
         if info["name"] == self._ds(volume["name"]):
             return
-        if volume_utils.extract_id_from_volume_name(comp) or comp.startswith(
-                CONF.volume_name_template.partition("%")[0]):
+        vid = volume_utils.extract_id_from_volume_name(comp)
+        if vid and volume_utils.check_already_managed_volume(vid):
             raise cinder_exception.ManageExistingAlreadyManaged(volume_ref=comp)
-        path = "/dev/zvol/" + info["name"]
-        if any(lun.backing_store == path for t in self.tgt.show().values()
-               for lun in t.luns.values()):
+        # the SAN's zvol dir is /dev/zvol (the wrapper's zvol_dir): compare the dataset part
+        if any((lun.backing_store or "").endswith("/" + info["name"])
+               for t in self.tgt.show().values() for lun in t.luns.values()):
             raise cinder_exception.ManageExistingInvalidReference(
                 existing_ref=existing_ref, reason="it is exported by an iSCSI target")
 
@@ -752,8 +767,8 @@ class ZFSonLinuxISCSIDriver(image_transfer.LibiscsiImageTransferMixin, driver.IS
         name = info["name"].partition("@")[2]
         if info["name"] == self._snap(snapshot):
             return
-        if volume_utils.extract_id_from_snapshot_name(name) or name.startswith(
-                CONF.snapshot_name_template.partition("%")[0]):
+        sid = volume_utils.extract_id_from_snapshot_name(name)
+        if sid and _snapshot_known(sid):
             raise cinder_exception.ManageExistingAlreadyManaged(volume_ref=info["name"])
         if name.startswith(CLONE_SNAP_PREFIX) or info.get("defer_destroy") == "on":
             raise cinder_exception.ManageExistingInvalidReference(
@@ -786,7 +801,8 @@ class ZFSonLinuxISCSIDriver(image_transfer.LibiscsiImageTransferMixin, driver.IS
         rows, targets = self._parallel(
             functools.partial(self.zfs.inventory, ("name", "type", "volsize", "zol:deleted"),
                               types=("volume",)), self.tgt.show)
-        exported = {lun.backing_store for t in targets.values() for lun in t.luns.values()}
+        exported = {(lun.backing_store or "").partition("/zvol/")[2]
+                    for t in targets.values() for lun in t.luns.values()}
         for row in rows:
             comp = row["name"].rpartition("/")[2]
             if row["type"] != "volume" or comp.startswith(HIDDEN_PREFIX) or row["zol:deleted"]:
@@ -798,7 +814,7 @@ class ZFSonLinuxISCSIDriver(image_transfer.LibiscsiImageTransferMixin, driver.IS
                      "safe_to_manage": True, "reason_not_safe": None}
             if vid in ids:
                 entry.update(safe_to_manage=False, reason_not_safe="already managed")
-            elif "/dev/zvol/" + row["name"] in exported:
+            elif row["name"] in exported:
                 entry.update(safe_to_manage=False, reason_not_safe="exported")
             entries.append(entry)
         return volume_utils.paginate_entries_list(entries, marker, limit, offset, sort_keys,

@@ -681,3 +681,33 @@ def test_driver_argv_fixture_is_current(monkeypatch):
         ARGV_FILE.write_text(text)
     assert ARGV_FILE.read_text() == text, (
         "tests/fixtures/driver_argv.jsonl is stale: rerun with ZOL_REGEN_DRIVER_ARGV=1")
+
+
+def test_manage_refuses_what_cinder_still_has(san, monkeypatch):
+    """volume-<uuid>/snapshot-<uuid> of objects Cinder's DB still has, exported zvols, clone
+    sources and deferred snapshots are refused; an unmanaged volume-<uuid> can come back."""
+    drv = make_driver(san)
+    live, gone = vol(50), vol(51)
+    for v in (live, gone):
+        drv.create_volume(v)
+    known = {live["id"]}
+    monkeypatch.setattr(zdriver.volume_utils, "check_already_managed_volume",
+                        lambda vid: vid in known)
+    new = vol(52)
+    with pytest.raises(cinder_exception.ManageExistingAlreadyManaged):
+        drv.manage_existing(new, {"source-name": live["name"]})
+    drv.create_export(None, vol(53, name=gone["name"], id=gone["id"]), {})
+    with pytest.raises(cinder_exception.ManageExistingInvalidReference, match="exported"):
+        drv.manage_existing(new, {"source-name": gone["name"]})
+    drv.remove_export(None, gone)
+    drv.manage_existing(new, {"source-name": gone["name"]})      # unmanaged earlier: fine
+    assert ds(new) in san.ds and ds(gone) not in san.ds
+    s_live = snap(50, new)
+    drv.create_snapshot(s_live)
+    monkeypatch.setattr(zdriver, "_snapshot_known", lambda sid: sid == s_live["id"])
+    other = snap(51, new)
+    with pytest.raises(cinder_exception.ManageExistingAlreadyManaged):
+        drv.manage_existing_snapshot(other, {"source-name": s_live["name"]})
+    san.execute(["zfs", "snapshot", ds(new) + "@clone-x"])
+    with pytest.raises(cinder_exception.ManageExistingInvalidReference, match="clone"):
+        drv.manage_existing_snapshot(other, {"source-name": "clone-x"})
