@@ -15,7 +15,7 @@ on a command line (Cinder logs command lines) or in a log.
 Usage: mix into the driver class before Cinder's base class, e.g.
 ``class ZFSonLinuxISCSIDriver(LibiscsiImageTransferMixin, driver.ISCSIDriver)``.  The driver
 must provide create_export/remove_export returning Cinder's usual
-``provider_location = "ip:port,tid iqn lun"`` and ``provider_auth = "CHAP user secret"``.
+``provider_location = "ip:port[;ip2:port],tid iqn lun"`` and ``provider_auth = "CHAP user secret"``.
 Needs qemu-img with the iscsi block driver (Debian: qemu-utils + qemu-block-extra).
 """
 from __future__ import annotations
@@ -77,7 +77,8 @@ def parse_export(provider_location: str | None, provider_auth: str | None) -> Is
         raise cinder_exception.VolumeBackendAPIException(
             data=f"unexpected provider_location {provider_location!r}: want "
                  "'ip:port,tid iqn lun'")
-    portal = parts[0].split(",")[0]
+    # "ip:port[;ip2:port...],tid": the first portal (the others are multipath siblings)
+    portal = parts[0].split(",")[0].split(";")[0]
     user = secret = None
     if provider_auth:
         auth = provider_auth.split()

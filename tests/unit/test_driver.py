@@ -711,3 +711,12 @@ def test_manage_refuses_what_cinder_still_has(san, monkeypatch):
     san.execute(["zfs", "snapshot", ds(new) + "@clone-x"])
     with pytest.raises(cinder_exception.ManageExistingInvalidReference, match="clone"):
         drv.manage_existing_snapshot(other, {"source-name": "clone-x"})
+
+
+def test_image_copies_use_the_first_of_several_portals():
+    from zol_driver import image_transfer
+    lun = image_transfer.parse_export(
+        "192.0.2.10:3260;192.0.2.11:3260,1 iqn.2010-10.org.openstack:volume-1 1",
+        "CHAP u1 Secret1234567890")
+    assert (lun.portal, lun.iqn, lun.lun) == ("192.0.2.10:3260",
+                                              "iqn.2010-10.org.openstack:volume-1", 1)
