@@ -69,6 +69,7 @@ class Settings:
     verify_timeout: int = 900
     verify_marker: str = ""
     verify_nic: str = "virtio-net-pci@0x3"
+    verify_network: str = "metadata"
     verify_memory: int = 1024
     upload: bool = True
     keep_work: bool = False
@@ -110,6 +111,7 @@ class Settings:
             install_backend=b.install_backend, fs_slack=b.fs_slack, verify=b.verify,
             verify_disk_size=b.verify_disk_size, verify_timeout=b.verify_timeout,
             verify_marker=b.verify_marker, verify_nic=b.verify_nic,
+            verify_network=b.verify_network,
             verify_memory=b.verify_memory, upload=b.upload, keep_work=b.keep_work,
             install_timeout=b.install_timeout, glance_endpoint=g.endpoint,
             glance_token=g.token, glance_cloud=g.cloud, glance_visibility=g.visibility,
@@ -308,6 +310,7 @@ class Builder:
                              workdir=self.work / "verify",
                              flavor_bytes=self.s.verify_disk_size * disk.MIB,
                              timeout=self.s.verify_timeout, nic=verify.Nic.parse(self.s.verify_nic),
+                             network=self.s.verify_network,
                              memory=self.s.verify_memory, marker=self.boot_marker(files),
                              ssh=with_key, apt_suites=suites, progress=self.progress,
                              on_started=lambda: self.inject("qemu"))

@@ -35,7 +35,8 @@ OVERRIDES = {
     "verify": ("build", "verify"), "upload": ("build", "upload"),
     "keep_work": ("build", "keep_work"), "fs_slack": ("build", "fs_slack"),
     "verify_disk_size": ("build", "verify_disk_size"),
-    "verify_nic": ("build", "verify_nic"), "verify_timeout": ("build", "verify_timeout"),
+    "verify_nic": ("build", "verify_nic"),
+    "verify_network": ("build", "verify_network"), "verify_timeout": ("build", "verify_timeout"),
     "glance_endpoint": ("glance", "endpoint"),
     "install_timeout": ("build", "install_timeout"), "os_cloud": ("glance", "cloud"),
     "visibility": ("glance", "visibility"), "reuse": ("glance", "reuse"),
@@ -86,6 +87,9 @@ def parser() -> argparse.ArgumentParser:
                    "launch")
     b.add_argument("--verify-nic", help="NIC of the test launch, MODEL@PCI_SLOT "
                    "(virtio-net-pci@0x3, e1000@0x8)")
+    b.add_argument("--verify-network", choices=opts.VERIFY_NETWORKS,
+                   help="test launch with network_data.json (metadata, default) or without "
+                        "it (dhcp: the image must take a lease on its own)")
     b.add_argument("--verify-timeout", type=int, help="seconds the test launch may take")
     b.add_argument("--verify", action=argparse.BooleanOptionalAction, default=None)
     b.add_argument("--upload", action=argparse.BooleanOptionalAction, default=None)

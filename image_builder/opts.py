@@ -11,6 +11,7 @@ from oslo_config import cfg
 RELEASES = ("bookworm", "trixie")
 RELEASE_VERSIONS = {"bookworm": "12", "trixie": "13"}
 ARCHES = ("amd64",)
+VERIFY_NETWORKS = ("metadata", "dhcp")
 
 build_opts = [
     cfg.StrOpt("release", default="bookworm", choices=RELEASES,
@@ -75,6 +76,11 @@ build_opts = [
                     "0x3-0x1f): the image must configure it whatever its name.  The cloud "
                     "kernels (linux-image-cloud-amd64, bookworm and trixie) have no e1000 "
                     "driver: e1000 needs kernel_package linux-image-amd64."),
+    cfg.StrOpt("verify_network", default="metadata", choices=VERIFY_NETWORKS,
+               help="Network of the test launch: metadata = the config drive carries a "
+                    "network_data.json (static address, own MTU) that must win over DHCP; "
+                    "dhcp = no network_data.json, as on plain DHCP networks: the image's "
+                    "own fallback must take a lease on whatever NIC it has."),
     cfg.IntOpt("verify_memory", default=1024, min=256,
                help="Memory (MiB) of the test launch (cloud-init needs ~512)."),
     cfg.StrOpt("verify_marker", default="",

@@ -117,12 +117,16 @@ def user_data(token: str) -> str:
 
 
 def write_config_drive_tree(root: Path, *, instance_uuid: str, hostname: str,
-                            public_key: str, mac: str, token: str) -> None:
+                            public_key: str, mac: str, token: str,
+                            network: str = "metadata") -> None:
+    """``network='dhcp'``: no network_data.json, as on clouds whose networks are plain DHCP
+    (the image must then configure its NIC by itself)."""
     latest = root / "openstack" / "latest"
     latest.mkdir(parents=True, exist_ok=True)
     (latest / "meta_data.json").write_text(json.dumps(meta_data(
         instance_uuid=instance_uuid, hostname=hostname, public_key=public_key)))
-    (latest / "network_data.json").write_text(json.dumps(network_data(mac)))
+    if network == "metadata":
+        (latest / "network_data.json").write_text(json.dumps(network_data(mac)))
     (latest / "user_data").write_text(user_data(token))
     (latest / "vendor_data.json").write_text("{}")
 
@@ -186,7 +190,7 @@ def _rc0(rc: int, out: str) -> str | None:
 
 
 def guest_checks(*, hostname: str, flavor_bytes: int, token: str,
-                 apt_suites: tuple[str, ...] = ()) -> list[Check]:
+                 apt_suites: tuple[str, ...] = (), network: str = "metadata") -> list[Check]:
     """What a user needs from the instance, each as a command run as ``debian`` over SSH."""
     def cloud_init(rc: int, out: str) -> str | None:
         if rc != 0 or "status: done" not in out:
@@ -204,10 +208,18 @@ def guest_checks(*, hostname: str, flavor_bytes: int, token: str,
             return "datasource %r, not the config drive" % data.get("datasource")
         return None
 
-    def network(rc: int, out: str) -> str | None:
+    def network_check(rc: int, out: str) -> str | None:
         addr = [ln for ln in out.splitlines() if "inet %s/24" % STATIC_IP in ln]
         if not addr:
             return "no %s on any NIC: %s" % (STATIC_IP, out.strip())
+        if network == "dhcp":
+            # No network_data.json: the image's own fallback must have taken a DHCP lease.
+            if "valid_lft forever" in addr[0]:
+                return "%s is static without network_data.json (not a DHCP lease): %s" % (
+                    STATIC_IP, addr[0].strip())
+            if "default via %s" % GATEWAY not in out:
+                return "no default route via %s: %s" % (GATEWAY, out.strip())
+            return None
         if "valid_lft forever" not in addr[0]:
             return "%s is a DHCP lease, not network_data.json's static address: %s" % (
                 STATIC_IP, addr[0].strip())
@@ -261,7 +273,7 @@ def guest_checks(*, hostname: str, flavor_bytes: int, token: str,
         Check("hostname", ("hostname",), equals(hostname)),
         Check("network", ("sh", "-c", "ip -o -4 addr show scope global; ip -4 route; "
                                       "ip -o link show"),
-              network),
+              network_check),
         Check("ipv6", ("sh", "-c", "for i in $(seq 20); do ip -o -6 addr show scope global "
                                    "| grep -q inet6 && break; sleep 1; done; "
                                    "ip -o -6 addr; ip -6 route"), ipv6),
@@ -407,6 +419,7 @@ def agent_host_keys(path: str, timeout: float = 60) -> tuple[set[str], str | Non
 
 def launch(*, root: str, root_fmt: str, workdir: Path, flavor_bytes: int, timeout: float,
            kernel: str | None = None, initrd: str | None = None, nic: Nic = Nic(),
+           network: str = "metadata",
            memory: int = 1024, cpus: int | None = None, hostname: str = "zol-verify",
            marker: str = "",
            ssh: bool = True, apt_suites: tuple[str, ...] = (),
@@ -435,8 +448,8 @@ def launch(*, root: str, root_fmt: str, workdir: Path, flavor_bytes: int, timeou
     mac = "fa:16:3e:%02x:%02x:%02x" % tuple(secrets.token_bytes(3))
     proc = None
     client = None
-    result: dict = {"nic": str(nic), "accel": accel, "flavor_bytes": flavor_bytes,
-                    "hostname": hostname}
+    result: dict = {"nic": str(nic), "network": network, "accel": accel,
+                    "flavor_bytes": flavor_bytes, "hostname": hostname}
     try:
         run.run(overlay_argv(os.path.abspath(root), root_fmt, str(overlay), flavor_bytes))
         port = 0
@@ -446,7 +459,7 @@ def launch(*, root: str, root_fmt: str, workdir: Path, flavor_bytes: int, timeou
             write_config_drive_tree(drive_tree, instance_uuid=str(uuidlib.uuid4()),
                                     hostname=hostname,
                                     public_key=key.with_suffix(".pub").read_text().strip(),
-                                    mac=mac, token=token)
+                                    mac=mac, token=token, network=network)
             run.run(genisoimage_argv(str(drive_tree), str(iso)))
             port = free_port()
         argv = qemu_argv(disk=str(overlay), console=str(console), pidfile=str(pidfile),
@@ -491,7 +504,7 @@ def launch(*, root: str, root_fmt: str, workdir: Path, flavor_bytes: int, timeou
         else:
             passed.append("qemu-guest-agent-channel")
         checks = guest_checks(hostname=hostname, flavor_bytes=flavor_bytes, token=token,
-                              apt_suites=apt_suites)
+                              apt_suites=apt_suites, network=network)
         # The first (cloud-init status --wait) waits for first boot to finish; the others only
         # read state, so they share the SSH connection as parallel channels (each costs a
         # process start in the guest: serially ~3 s apiece under TCG).

@@ -269,16 +269,19 @@ def test_install_timeout_kills_mmdebstrap_and_unmounts(glance_server, tmp_path):
 
 def test_default_bare_qcow2_launches_on_another_nic_slot(tmp_path):
     """--format qcow2: one BARE disk (GRUB in the MBR gap) booted by the firmware; the guest
-    grows its partition and filesystem and lets the key in, with the NIC in another slot."""
+    grows its partition and filesystem and lets the key in, with the NIC in another slot and
+    no network_data.json (a plain DHCP network: the image's own fallback takes the lease)."""
     if os.environ.get("ZOL_IMAGE_SKIP_BARE"):
         pytest.skip("ZOL_IMAGE_SKIP_BARE set (saves ~6 min)")
     out = tmp_path / "out"
     r = zol_image("build", "--output-dir", str(out), "--name", "bare", "--format", "qcow2",
-                  "--no-upload", "--verify-nic", "virtio-net-pci@0x9")
+                  "--no-upload", "--verify-nic", "virtio-net-pci@0x9",
+                  "--verify-network", "dhcp")
     assert r.returncode == 0, r.stderr[-6000:]
     m = json.loads((out / "bare" / "manifest.json").read_text())
     assert set(m["files"]) == {"disk"} and m["files"]["disk"]["path"] == "bare.qcow2"
     assert_launched_and_logged_in(m["verify"], r.stderr, 3072, "virtio-net-pci@0x9")
+    assert m["verify"]["network"] == "dhcp"
     assert "BARE firmware boot" in r.stderr
     info = subprocess.run(["qemu-img", "info", "--output=json", str(out / "bare" / "bare.qcow2")],
                           capture_output=True, text=True, check=True)

@@ -97,6 +97,32 @@ def test_config_drive_is_what_nova_writes(tmp_path):
     assert user.startswith("#cloud-config\n") and "t0k3n" in user
 
 
+def test_config_drive_without_network_data_for_plain_dhcp_networks(tmp_path):
+    tree = tmp_path / "cd"
+    verify.write_config_drive_tree(tree, instance_uuid="0b7c9c7e-1111-2222-3333-444455556666",
+                                   hostname="h", public_key="ssh-ed25519 AAAA k",
+                                   mac="fa:16:3e:aa:bb:cc", token="t", network="dhcp")
+    latest = tree / "openstack" / "latest"
+    assert (latest / "meta_data.json").exists() and (latest / "user_data").exists()
+    assert not (latest / "network_data.json").exists()
+
+
+@pytest.mark.parametrize("out, why", [
+    ("inet 10.0.2.15/24 scope global ens9\\ valid_lft forever\ndefault via 10.0.2.2\n",
+     "not a DHCP lease"),
+    ("inet 10.0.2.15/24 scope global dynamic ens9\\ valid_lft 86000sec\n", "default route"),
+    ("inet6 fd00:2::1/64 scope global\n", "no 10.0.2.15"),
+])
+def test_dhcp_network_check_wants_a_lease_and_a_route(out, why):
+    check = checks(network="dhcp")["network"]
+    problem = check.evaluate(0, out)
+    assert problem and why in problem
+    assert check.evaluate(0, "2: ens9    inet 10.0.2.15/24 brd 10.0.2.255 scope global "
+                             "dynamic ens9\\       valid_lft 86366sec preferred_lft 86366sec\n"
+                             "default via 10.0.2.2 dev ens9 proto dhcp src 10.0.2.15\n"
+                             "2: ens9: <UP> mtu 1500 qdisc\n") is None
+
+
 def checks(**kw):
     args = {"hostname": "h-1", "flavor_bytes": 3 << 30, "token": "tok",
             "apt_suites": (" bookworm-security ",)}
