@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.plugins.cinder import load_stack_module
 
 stack = load_stack_module()
@@ -29,3 +31,33 @@ def test_every_forwarded_portal_is_a_cinder_portal(tmp_path: Path):
 def test_a_single_portal_san_gets_no_secondary_portal(tmp_path: Path):
     conf = stack.cinder_conf(tmp_path, SAN, "rabbit://x", 1, None, stack.ZOL_DRIVER)
     assert "target_secondary_ip_addresses" not in conf
+
+
+def test_a_cluster_stack_joins_one_cluster_on_etcd(tmp_path: Path):
+    conf = stack.cinder_conf(tmp_path, SAN, "rabbit://x", 1, None, stack.ZOL_DRIVER,
+                             "etcd3+http://127.0.0.1:2379?api_version=v3", "zol-cluster")
+    default = _backend(conf, "DEFAULT")
+    assert default["cluster"] == "zol-cluster"
+    assert int(default["service_down_time"]) >= 2.5 * int(default["report_interval"])
+    assert _backend(conf, "coordination")["backend_url"].startswith("etcd3+http://127.0.0.1:")
+
+
+def test_a_single_service_stack_has_no_cluster_and_file_locks(tmp_path: Path):
+    conf = stack.cinder_conf(tmp_path, SAN, "rabbit://x", 1, None, stack.ZOL_DRIVER)
+    assert "cluster =" not in conf
+    assert _backend(conf, "coordination")["backend_url"].startswith("file://")
+
+
+def test_cluster_members_have_their_own_host(tmp_path: Path):
+    state = {"run_dir": str(tmp_path), "conf": str(tmp_path / "cinder.conf"),
+             "logs": {"volume-2": str(tmp_path / "v2.log")}}
+    argv = stack._service_argv(state, "volume-2")
+    assert argv[2] == "volume"
+    extra = Path(argv[argv.index("--config-file", 4) + 1])
+    assert extra.read_text() == "[DEFAULT]\nhost = zol-cinder-stack-2\n"
+    assert stack.service_host("volume") == "zol-cinder-stack"
+
+
+def test_more_than_one_volume_service_needs_etcd(tmp_path: Path):
+    with pytest.raises(stack.StackError, match="needs --coordination etcd"):
+        stack.start({}, tmp_path, volume_services=2, coordination="file")
