@@ -153,6 +153,12 @@ class Profile:
     profile: str = "cloud"
     marker: str = ""                  # written to /etc/issue so a console login shows it
     apt_sources: list[str] = field(default_factory=list)   # the image's /etc/apt/sources.list
+    # From a recipe (image_builder.recipe): files {path, content, mode, owner}, scripts
+    # {phase, name, text}, cloud-init defaults (YAML text), packages to purge.
+    files: list[dict] = field(default_factory=list)
+    scripts: list[dict] = field(default_factory=list)
+    cloud_config: str = ""
+    remove_packages: list[str] = field(default_factory=list)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -269,9 +275,35 @@ def packages_for(profile: Profile) -> list[str]:
     return pkgs
 
 
+def recipe_scripts(profile: Profile, phase: str) -> list[Step]:
+    """A recipe's scripts of one phase: written to /tmp, run with /bin/sh, removed."""
+    out: list[Step] = []
+    for i, script in enumerate(s for s in profile.scripts if s["phase"] == phase):
+        rel = "tmp/zol-recipe-%s-%d.sh" % (phase, i)
+        out += [WriteFile(rel, script["text"], 0o755), Command(("/bin/sh", "/" + rel)),
+                Remove((rel,))]
+    return out
+
+
+def recipe_steps(profile: Profile) -> list[Step]:
+    """A recipe's files, cloud-init defaults, purges and before-cleanup scripts (after the
+    profile, so a recipe's file wins over the profile's)."""
+    out: list[Step] = []
+    for f in profile.files:
+        out.append(WriteFile(f["path"], f["content"], f.get("mode", 0o644)))
+        if f.get("owner", "root:root") != "root:root":
+            out.append(Command(("chown", f["owner"], "/" + f["path"])))
+    if profile.cloud_config and profile.cloud_init:
+        out.append(WriteFile("etc/cloud/cloud.cfg.d/95-recipe.cfg", profile.cloud_config))
+    if profile.remove_packages:
+        out.append(Command(("apt-get", "purge", "-y", "--auto-remove",
+                            *profile.remove_packages)))
+    return out + recipe_scripts(profile, "before-cleanup")
+
+
 def steps(profile: Profile) -> list[Step]:
     """The profile as data, in order; the single source of both backends."""
-    out: list[Step] = [
+    out: list[Step] = recipe_scripts(profile, "after-install") + [
         WriteFile("etc/hostname", profile.hostname + "\n"),
         WriteFile("etc/hosts", hosts_file(profile.hostname)),
         WriteFile("etc/fstab", fstab(profile)),
@@ -310,6 +342,7 @@ def steps(profile: Profile) -> list[Step]:
             units.append("zol-growroot.service")
         out += [Command(("systemctl", "enable", *units)),
                 Command(("update-initramfs", "-u", "-k", "all"))]
+    out += recipe_steps(profile)
     out += [Command(("apt-get", "clean")),
             Remove(REMOVE, REMOVE_TREES),
             Empty("etc/machine-id")]       # systemd makes a fresh id on first boot
@@ -335,9 +368,38 @@ def _check(step: Step) -> None:
 
 # ----------------------------------------------------------------------------- renderers
 
-def apply(root: str | os.PathLike, profile: Profile) -> None:
-    """Apply the profile to the tree at ``root`` (the mmdebstrap hook)."""
-    apply_steps(Path(root), steps(profile))
+UPDATE_INITRAMFS = ("update-initramfs", "-u", "-k", "all")
+CREATE_INITRAMFS = ("update-initramfs", "-c", "-k", "all")
+INITRAMFS_DIVERTED = "usr/sbin/update-initramfs"
+
+
+def apply(root: str | os.PathLike, profile: Profile, initramfs_deferred: bool = False) -> None:
+    """Apply the profile to the tree at ``root`` (the mmdebstrap hook).  With
+    ``initramfs_deferred`` the install built no initramfs yet: the profile's update becomes
+    the one creation, for every installed kernel."""
+    todo = steps(profile)
+    if initramfs_deferred:
+        if Command(UPDATE_INITRAMFS) in todo:
+            todo = [Command(CREATE_INITRAMFS) if s == Command(UPDATE_INITRAMFS) else s
+                    for s in todo]
+        else:                      # a profile without its own update still needs one
+            todo = [Command(CREATE_INITRAMFS)] + todo
+    apply_steps(Path(root), todo)
+
+
+def restore_initramfs(root: Path, runner=None) -> bool:
+    """Undo the install's update-initramfs diversion (the chroot backend's essential hook);
+    True when there was one, i.e. no initramfs has been built yet."""
+    real = root / (INITRAMFS_DIVERTED + ".distrib")
+    if not real.exists():
+        return False
+    (root / INITRAMFS_DIVERTED).unlink(missing_ok=True)
+    (runner or (lambda argv: _chroot(root, *argv)))(
+        ["dpkg-divert", "--quiet", "--local", "--rename", "--remove", "/" + INITRAMFS_DIVERTED])
+    if not (root / INITRAMFS_DIVERTED).exists():
+        raise exception.InstallError(reason="dpkg-divert did not restore /%s"
+                                     % INITRAMFS_DIVERTED)
+    return True
 
 
 def apply_steps(root: Path, todo: list[Step], runner=None) -> None:
@@ -445,5 +507,6 @@ def hook_script(config_path: str | os.PathLike) -> str:
 
 def hook_main(config_path: str, root: str) -> int:
     logging.basicConfig(level=logging.INFO, format="customize: %(message)s")
-    apply(root, Profile.from_json(Path(config_path).read_text()))
+    deferred = restore_initramfs(Path(root))
+    apply(root, Profile.from_json(Path(config_path).read_text()), initramfs_deferred=deferred)
     return 0

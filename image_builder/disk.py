@@ -71,9 +71,11 @@ def single_partition_layout(disk_bytes: int, first_sector: int = FIRST_SECTOR) -
     return Partition(1, first_sector * SECTOR, (total - first_sector) * SECTOR, "83", True)
 
 
-def sfdisk_script(part: Partition) -> str:
-    """sfdisk input for a DOS label with ``part`` (DOS: what BIOS boot and nova expect)."""
-    return ("label: dos\nunit: sectors\n\nstart=%d, size=%d, type=83%s\n"
+def sfdisk_script(part: Partition, label_id: str | None = None) -> str:
+    """sfdisk input for a DOS label with ``part`` (DOS: what BIOS boot and nova expect).
+    ``label_id`` (0x + 8 hex digits) fixes the disk identifier sfdisk would pick at random."""
+    head = "label: dos\n" + ("label-id: %s\n" % label_id if label_id else "")
+    return (head + "unit: sectors\n\nstart=%d, size=%d, type=83%s\n"
             % (part.offset // SECTOR, part.size // SECTOR, ", bootable" if part.bootable else ""))
 
 
@@ -186,6 +188,16 @@ def fs_size_for(usage: TreeUsage, slack: float, block: int = 4096,
 
 # ----------------------------------------------------------------------------- commands
 
+def is_filesystem(path: str | os.PathLike) -> bool:
+    """True for a bare ext2/3/4 filesystem image (magic 0xEF53 at byte 1080), not a disk."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(1080)
+            return f.read(2) == b"\x53\xef"
+    except OSError:
+        return False
+
+
 def fs_info(img: str | os.PathLike) -> FsInfo:
     return parse_dumpe2fs(run.out(["dumpe2fs", "-h", str(img)]))
 
@@ -196,16 +208,26 @@ def inodes_for(usage: TreeUsage, size: int, bytes_per_inode: int = 16384) -> int
 
 
 def mkfs_argv(tree: str | os.PathLike, img: str | os.PathLike, size: int, label: str,
-              inodes: int) -> list[str]:
+              inodes: int, uuid: str | None = None, hash_seed: str | None = None,
+              offset: int = 0) -> list[str]:
     """Always 4 KiB blocks: below 512 MiB mke2fs picks its 'small' type (1 KiB blocks, an inode
-    per 4 KiB), which the size estimate does not assume and a grown root fs would keep."""
+    per 4 KiB), which the size estimate does not assume and a grown root fs would keep.
+    ``uuid``/``hash_seed`` replace mke2fs' random ones (reproducible builds); ``offset`` writes
+    the filesystem into a partition of a disk file (no copy)."""
+    ext = ["root_owner=0:0"]
+    if hash_seed:
+        ext.append("hash_seed=%s" % hash_seed)
+    if offset:
+        ext.append("offset=%d" % offset)
     return ["mkfs.ext4", "-q", "-F", "-L", label, "-m", "0", "-b", "4096", "-I", "256",
-            "-N", str(inodes), "-d", str(tree), "-E", "root_owner=0:0", str(img),
-            "%dk" % (size // 1024)]
+            "-N", str(inodes), "-d", str(tree)] + (["-U", uuid] if uuid else []) + \
+        ["-E", ",".join(ext), str(img), "%dk" % (size // 1024)]
 
 
 def mkfs_from_tree(tree: str | os.PathLike, img: str | os.PathLike, slack: float,
-                   label: str = "rootfs") -> FsInfo:
+                   label: str = "rootfs", uuid: str | None = None,
+                   hash_seed: str | None = None, offset: int = 0,
+                   env: dict[str, str] | None = None, max_size: int | None = None) -> FsInfo:
     """Build ext4 ``img`` holding ``tree``, sized from the tree's real usage.
 
     resize2fs -M leaves ~33% free (measured); sizing up front lands within ``slack``.  When the
@@ -217,17 +239,38 @@ def mkfs_from_tree(tree: str | os.PathLike, img: str | os.PathLike, slack: float
              usage.bytes / MIB, usage.inodes, size / MIB)
     img = Path(img)
     for attempt in range(6):
-        if img.exists():
+        if max_size is not None and size > max_size:
+            raise exception.DiskError(reason="root filesystem (%d MiB) does not fit the %d MiB "
+                                      "partition: raise disk_size" % (size // MIB,
+                                                                       max_size // MIB))
+        if img.exists() and not offset:
             img.unlink()
         try:
-            run.run(mkfs_argv(tree, img, size, label, inodes_for(usage, size)))
+            run.run(mkfs_argv(tree, img, size, label, inodes_for(usage, size), uuid=uuid,
+                              hash_seed=hash_seed, offset=offset), env=env)
             break
         except exception.CommandError:
             if attempt == 5:
                 raise
             size = math.ceil(size * 1.05 / MIB) * MIB
             LOG.info("filesystem estimate too small; retrying with %.1f MiB", size / MIB)
-    return fs_info(img)
+    return fs_info(fs_spec(img, offset))
+
+
+def fs_spec(img: str | os.PathLike, offset: int = 0) -> str:
+    """How e2fsprogs (dumpe2fs, debugfs, e2fsck) opens a filesystem at ``offset`` of a file."""
+    return os.fspath(img) + ("?offset=%d" % offset if offset else "")
+
+
+def new_partitioned_disk(disk: str | os.PathLike, disk_bytes: int,
+                         label_id: str | None = None) -> Partition:
+    """A sparse raw disk file with a DOS label and one partition (filled by mkfs -E offset)."""
+    part = single_partition_layout(disk_bytes)
+    with open(disk, "wb") as f:
+        f.truncate(disk_bytes)
+    run.run(["sfdisk", "--no-reread", "--no-tell-kernel", "-q", str(disk)],
+            input=sfdisk_script(part, label_id).encode())
+    return part
 
 
 def make_partitioned_disk(fs_img: str | os.PathLike, disk: str | os.PathLike,

@@ -1,6 +1,7 @@
-"""Install backend 'chroot': mmdebstrap builds the tree on the host, the cloud profile runs as
-its customize hook, then ``mkfs.ext4 -d`` turns the tree into a filesystem sized from its real
-usage, placed as partition 1 of a DOS-labelled qcow2 (the same layout the installer produces).
+"""Install backend 'chroot': mmdebstrap builds the tree on the host (eatmydata, the package
+cache, one initramfs), the cloud profile runs as its customize hook, then ``mkfs.ext4 -d`` turns
+the tree into the output itself: the AMI root filesystem, sized from the tree's real usage, or
+partition 1 of the BARE disk.  No intermediate copy, no shrink, no fsck.
 
 Why mmdebstrap: it installs in one apt run, cleans up its own mounts, and needs no loop device;
 a bookworm cloud-kernel tree takes ~70 s here versus ~67 min for the installer under TCG.
@@ -9,12 +10,14 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import selectors
+import shutil
 import subprocess
 import time
 from pathlib import Path
 
-from image_builder import customize, disk, exception, run
+from image_builder import cache, customize, disk, exception, repro, run
 
 LOG = logging.getLogger(__name__)
 
@@ -24,9 +27,22 @@ LOG = logging.getLogger(__name__)
 sources = customize.sources
 
 
+EATMYDATA_HOOKS = "/usr/share/mmdebstrap/hooks/eatmydata"
+# One initramfs: update-initramfs is diverted to a no-op from the essential stage on (the
+# kernel's postinst and initramfs-tools' trigger would each build one), and restored by the
+# profile hook, which builds the initramfs once with the cloud's modules configured.
+DIVERTED = "/usr/sbin/update-initramfs"
+DIVERT_HOOK = ('--essential-hook=chroot "$1" dpkg-divert --quiet --local --rename --add %s && '
+               "printf '#!/bin/sh\\n# zol-image: deferred to the profile\\nexit 0\\n' "
+               '> "$1"%s && chmod 755 "$1"%s' % (DIVERTED, DIVERTED, DIVERTED))
+
+
 def mmdebstrap_argv(release: str, arch: str, mirror: str | list[str], packages: list[str],
-                    tree: str, hook: str | None) -> list[str]:
-    """The mmdebstrap command (pure; unit tested); ``mirror`` may be a list of sources."""
+                    tree: str, hook: str | None, extra: list[str] | None = None,
+                    eatmydata: bool = False, defer_initramfs: bool = False) -> list[str]:
+    """The mmdebstrap command (pure; unit tested); ``mirror`` may be a list of sources.
+    ``extra`` (the package cache's hooks) comes before the profile hook, so its sync-out sees
+    the .debs before the profile's apt-get clean."""
     argv = ["mmdebstrap", "--mode=root", "--variant=minbase", "--arch=%s" % arch,
             "--format=directory", "--components=main",
             "--aptopt=Acquire::Retries \"3\"",
@@ -35,6 +51,11 @@ def mmdebstrap_argv(release: str, arch: str, mirror: str | list[str], packages: 
             "--dpkgopt=path-exclude=/usr/share/man/*",
             "--dpkgopt=path-exclude=/usr/share/info/*",
             "--include=%s" % ",".join(sorted(set(packages)))]
+    if eatmydata:
+        argv.append("--hook-dir=%s" % EATMYDATA_HOOKS)
+    if defer_initramfs:
+        argv.append(DIVERT_HOOK)
+    argv += list(extra or [])
     if hook:
         argv.append("--customize-hook=%s" % hook)
     return argv + [release, tree] + ([mirror] if isinstance(mirror, str) else list(mirror))
@@ -43,8 +64,16 @@ def mmdebstrap_argv(release: str, arch: str, mirror: str | list[str], packages: 
 def install(*, workdir: Path, release: str, arch: str, mirror: str, packages: list[str],
             profile: customize.Profile, disk_mb: int, slack: float,
             timeout: float, progress=None, bootloader: bool = False,
-            security_mirror: str = "", updates: bool = False) -> dict:
-    """Build ``workdir/disk.qcow2``; return what the manifest needs (package list, sizes)."""
+            security_mirror: str = "", updates: bool = False, epoch: int | None = None,
+            package_cache: cache.PackageCache | None = None,
+            fs_inputs: dict | None = None) -> dict:
+    """Build the image straight from the tree; return what the manifest needs.
+
+    AMI (``bootloader`` false): ``workdir/root.img`` is the mkfs output itself (sized from the
+    tree, so no shrink and no fsck), kernel and initrd are moved out of the tree.  BARE:
+    ``workdir/disk.raw`` is a DOS disk whose partition 1 mkfs fills in place (``-E offset``),
+    GRUB in the MBR gap.  With ``epoch`` the result is reproducible (see image_builder.repro).
+    """
     tree = workdir / "tree"
     run.remove_tree(tree)
     tree.mkdir(parents=True)
@@ -55,27 +84,91 @@ def install(*, workdir: Path, release: str, arch: str, mirror: str, packages: li
     hook.chmod(0o755)
     if bootloader:
         packages = packages + ["grub-pc-bin"]
+    before = {}
+    extra: list[str] = []
+    if package_cache is not None:
+        package_cache.prepare()
+        before = package_cache.snapshot()
+        extra = package_cache.mmdebstrap_args()
     argv = mmdebstrap_argv(release, arch, sources(release, mirror, security_mirror, updates),
-                           packages + customize.packages_for(profile), str(tree), str(hook))
+                           packages + customize.packages_for(profile), str(tree), str(hook),
+                           extra=extra, eatmydata=os.path.isdir(EATMYDATA_HOOKS),
+                           defer_initramfs=True)
+    env = {"SOURCE_DATE_EPOCH": str(epoch)} if epoch is not None else {}
     log_path = workdir / "mmdebstrap.log"
-    _run_logged(argv, log_path, timeout, progress)
+    start = time.monotonic()
+    _run_logged(argv, log_path, timeout, progress, env=env)
+    result: dict = {"mmdebstrap_seconds": round(time.monotonic() - start, 1)}
     pkgs = package_list(tree)
-    core_img = None
+    result["packages"] = pkgs
+    if package_cache is not None:
+        result["package_cache"] = dict(cache.downloaded(before, package_cache.snapshot()),
+                                       dir=str(package_cache.root),
+                                       pruned=package_cache.prune(pkgs))
+        LOG.info("package cache %s: %d .debs from the cache, %d downloaded (%.1f MiB)",
+                 package_cache.root, result["package_cache"]["cached_debs_used"],
+                 result["package_cache"]["debs"], result["package_cache"]["bytes"] / disk.MIB)
+    ids = repro.fs_ids(fs_inputs or {}) if epoch is not None else {}
+    mkfs_env = repro.mkfs_env(epoch) if epoch is not None else {"LC_ALL": "C"}
+    if epoch is not None:
+        result["normalised_inodes"] = repro.normalise_tree(tree, epoch)
     if bootloader:
         core_img = workdir / "core.img"
         disk.prepare_grub(tree, core_img)
-    fs_img = workdir / "rootfs.ext4"
-    info = disk.mkfs_from_tree(tree, fs_img, slack)
-    run.remove_tree(tree)
-    disk_raw = workdir / "disk.raw"
-    disk.make_partitioned_disk(fs_img, disk_raw, disk_mb * disk.MIB)
-    if core_img:
+        if epoch is not None:
+            repro.normalise_tree(tree / "boot", epoch)
+        disk_raw = workdir / "disk.raw"
+        part = disk.new_partitioned_disk(disk_raw, disk_mb * disk.MIB,
+                                         label_id="0x" + ids["uuid"][:8] if ids else None)
+        info = disk.mkfs_from_tree(tree, disk_raw, slack, uuid=ids.get("uuid"),
+                                   hash_seed=ids.get("hash_seed"), offset=part.offset,
+                                   env=mkfs_env, max_size=part.size)
+        spec = disk.fs_spec(disk_raw, part.offset)
         disk.write_grub_bios(disk_raw, core_img.with_name("boot.img"), core_img)
-    fs_img.unlink()
-    disk.convert(disk_raw, workdir / "disk.qcow2", "qcow2", src_fmt="raw")
-    disk_raw.unlink()
-    return {"packages": pkgs, "tree_fs_size": info.size, "tree_fs_used": info.used,
-            "disk": str(workdir / "disk.qcow2")}
+        result["disk"] = str(disk_raw)
+    else:
+        root = workdir / "root.img"
+        info = disk.mkfs_from_tree(tree, root, slack, uuid=ids.get("uuid"),
+                                   hash_seed=ids.get("hash_seed"), env=mkfs_env)
+        spec = str(root)
+        result["root"] = str(root)
+        result.update(boot_files(tree, workdir))
+    if epoch is not None:
+        result["inode_times_fixed"] = repro.fix_inode_times(spec, epoch)
+    run.remove_tree(tree)
+    result.update({"tree_fs_size": info.size, "tree_fs_used": info.used, "fs": ids})
+    return result
+
+
+def boot_files(tree: Path, outdir: Path) -> dict[str, str]:
+    """kernel and initrd out of the tree (after mkfs): /vmlinuz and /initrd.img, followed."""
+    found = {}
+    for key, links in (("kernel", ("vmlinuz", "boot/vmlinuz")),
+                       ("ramdisk", ("initrd.img", "boot/initrd.img"))):
+        for link in links:
+            path = _resolve_in(tree, link)
+            if path.is_file():
+                break
+        else:
+            raise exception.InstallError(reason="no %s in the tree (looked for %s)"
+                                         % (key, ", ".join(links)))
+        out = outdir / path.name
+        shutil.copyfile(path, out)
+        found[key] = str(out)
+    m = re.match(r"vmlinuz-(.+)$", Path(found["kernel"]).name)
+    found["kernel_version"] = m.group(1) if m else ""
+    return found
+
+
+def _resolve_in(tree: Path, rel: str, depth: int = 8) -> Path:
+    """``rel`` inside ``tree`` with absolute symlinks taken relative to the tree."""
+    path = tree / rel
+    for _ in range(depth):
+        if not path.is_symlink():
+            return path
+        target = os.readlink(path)
+        path = (tree / target.lstrip("/")) if target.startswith("/") else path.parent / target
+    return path
 
 
 def package_list(tree: Path) -> list[str]:
@@ -103,7 +196,8 @@ def parse_dpkg_status(text: str) -> list[str]:
     return sorted(pkgs)
 
 
-def _run_logged(argv: list[str], log_path: Path, timeout: float, progress) -> None:
+def _run_logged(argv: list[str], log_path: Path, timeout: float, progress,
+                env: dict[str, str] | None = None) -> None:
     """Run mmdebstrap with its output in a log file; report progress lines as they come.
 
     A timeout kills mmdebstrap's whole process group so no dpkg/apt child survives (mmdebstrap
@@ -112,7 +206,8 @@ def _run_logged(argv: list[str], log_path: Path, timeout: float, progress) -> No
     LOG.info("running %s (log: %s)", argv[0], log_path)
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+                                stderr=subprocess.STDOUT, start_new_session=True,
+                                env=dict(os.environ, **(env or {})))
         deadline = time.monotonic() + timeout
         try:
             assert proc.stdout is not None

@@ -1,7 +1,7 @@
 """A real bookworm triplet: mmdebstrap build, nova-style boot, upload to a real Glance.
 
 The triplet is built ONCE per session (~3-4 min on 2 busy cores) and reused: the re-run and the
-failure-injection tests start from its installed disk (``--from-disk``) so each costs seconds.
+failure-injection tests start from its root filesystem (``--from-disk``) so each costs seconds.
 Every failing run must name its stage and leave nothing behind: no loop device, no mount, no
 qemu process, no partial file, no non-active Glance image.
 """
@@ -86,7 +86,7 @@ def triplet(glance_server, tmp_path_factory):
     summary = json.loads(r.stdout)
     manifest = json.loads((build_dir / "manifest.json").read_text())
     return {"dir": build_dir, "summary": summary, "manifest": manifest, "stderr": r.stderr,
-            "disk": build_dir / "work" / "disk.qcow2"}
+            "disk": build_dir / ("%s.img" % NAME)}     # --from-disk takes the AMI root fs too
 
 
 def test_manifest_describes_the_triplet(triplet):

@@ -1,0 +1,93 @@
+"""The package cache: .debs and apt lists kept between builds (mmdebstrap's documented recipe).
+
+``CACHE_DIR/apt/RELEASE-ARCH/{archives,lists}`` is synced into the chroot by setup hooks before
+``apt-get update`` (so an unchanged archive answers 304 and no Packages file is fetched again,
+and no cached .deb is downloaded again) and synced back out by a customize hook before the
+profile cleans apt.  ``--skip=essential/unlink`` keeps the essential .debs for the sync-out.
+Superseded versions are pruned after each build, so the cache holds one version per package.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+LOG = logging.getLogger(__name__)
+
+
+def default_dir() -> str:
+    """The project's cache dir (README: ~/.cache/zol-openstack, override with ZOL_CACHE_DIR)."""
+    return os.environ.get("ZOL_CACHE_DIR") or os.path.join(
+        os.path.expanduser("~"), ".cache", "zol-openstack")
+
+
+@dataclass(frozen=True)
+class PackageCache:
+    root: Path
+
+    @classmethod
+    def for_build(cls, cache_dir: str, release: str, arch: str) -> PackageCache:
+        return cls(Path(cache_dir) / "apt" / ("%s-%s" % (release, arch)))
+
+    @property
+    def archives(self) -> Path:
+        return self.root / "archives"
+
+    @property
+    def lists(self) -> Path:
+        return self.root / "lists"
+
+    def prepare(self) -> dict[str, int]:
+        for d in (self.archives, self.lists):
+            d.mkdir(parents=True, exist_ok=True)
+        (self.lists / "partial").mkdir(exist_ok=True)
+        return self.state()
+
+    def state(self) -> dict[str, int]:
+        """What the cache holds now: .deb count/bytes, list bytes."""
+        debs = [p for p in self.archives.glob("*.deb")] if self.archives.exists() else []
+        lists = [p for p in self.lists.iterdir() if p.is_file()] if self.lists.exists() else []
+        return {"debs": len(debs), "deb_bytes": sum(p.stat().st_size for p in debs),
+                "list_bytes": sum(p.stat().st_size for p in lists)}
+
+    def mmdebstrap_args(self) -> list[str]:
+        """Hook options (mmdebstrap runs hook strings with sh; the paths are quoted)."""
+        a, lists = shlex.quote(str(self.archives)), shlex.quote(str(self.lists))
+        return ["--skip=essential/unlink",
+                '--setup-hook=mkdir -p "$1"/var/cache/apt/archives/ "$1"/var/lib/apt/lists/',
+                "--setup-hook=sync-in %s /var/cache/apt/archives/" % a,
+                "--setup-hook=sync-in %s /var/lib/apt/lists/" % lists,
+                "--customize-hook=sync-out /var/cache/apt/archives %s" % a,
+                "--customize-hook=sync-out /var/lib/apt/lists %s" % lists]
+
+    def snapshot(self) -> dict[str, int]:
+        """``{file name: size}`` of the cached .debs (to count what a build downloaded)."""
+        if not self.archives.exists():
+            return {}
+        return {p.name: p.stat().st_size for p in self.archives.glob("*.deb")}
+
+    def prune(self, installed: list[str]) -> int:
+        """Drop .debs of packages whose installed version is another one (one version each)."""
+        current = {deb_name(p) for p in installed}
+        names = {n.split("_", 1)[0] for n in current}
+        removed = 0
+        for p in self.archives.glob("*.deb"):
+            pkg_ver = p.name.rsplit("_", 1)[0]
+            if pkg_ver.split("_", 1)[0] in names and pkg_ver not in current:
+                p.unlink()
+                removed += 1
+        return removed
+
+
+def deb_name(name_version: str) -> str:
+    """apt's archive file name prefix for ``name=version`` (``:`` is stored as ``%3a``)."""
+    name, _, version = name_version.partition("=")
+    return "%s_%s" % (name, version.replace(":", "%3a"))
+
+
+def downloaded(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    new = {k: v for k, v in after.items() if k not in before}
+    return {"debs": len(new), "bytes": sum(new.values()),
+            "cached_debs_used": len(set(before) & set(after))}
