@@ -231,8 +231,17 @@ class ZFSonLinuxISCSIDriver(image_transfer.LibiscsiImageTransferMixin, driver.IS
             raise self._config_error(
                 "zol_parent_dataset", f"dataset {self.zfs.parent} does not exist on the SAN: "
                 f"create it (zfs create -p -o mountpoint=none {self.zfs.parent})")
-        LOG.info("ZFS SAN backend %s ready: wrapper %s (protocol %d), parent %s",
-                 self.backend_name, version, protocol, self.zfs.parent)
+        try:
+            caps = ssh.san_capabilities(self.executor)
+        except exception.ZolException as exc:
+            LOG.warning("%s: `zol-wrapper capabilities` failed (%s): assuming the SAN's tgt "
+                        "cannot UNMAP", self.backend_name, exc)
+            caps = {}
+        self._san_unmap = caps.get("unmap") == "yes"
+        LOG.info("ZFS SAN backend %s ready: wrapper %s (protocol %d), parent %s, tgt %s "
+                 "(UNMAP on zvols: %s), discard %s", self.backend_name, version, protocol,
+                 self.zfs.parent, caps.get("tgt", "unknown"),
+                 "yes" if self._san_unmap else "no", "on" if self._discard else "off")
 
     # -- helpers --------------------------------------------------------------------------------
 
@@ -242,10 +251,38 @@ class ZFSonLinuxISCSIDriver(image_transfer.LibiscsiImageTransferMixin, driver.IS
 
     @property
     def _discard(self) -> bool:
-        """UNMAP on thin LUNs, only when the operator says the SAN's tgt can do it (Cinder's
-        report_discard_supported): tgt 1.0.85 (Debian 12/13) fails every UNMAP on a zvol
+        """UNMAP on thin LUNs when the SAN's tgtd frees space on a zvol for it (`zol-wrapper
+        capabilities`: unmap=yes; stock tgt 1.0.85 fails every UNMAP on a zvol), unless the
+        operator sets Cinder's report_discard_supported, which then decides (False: never)
         (doc/operator-guide.md, "Discard")."""
-        return self._thin and bool(self.configuration.safe_get("report_discard_supported"))
+        if not self._thin:
+            return False
+        explicit = self._operator_setting("report_discard_supported")
+        if explicit is not None:
+            return bool(explicit)
+        return getattr(self, "_san_unmap", False)
+
+    def _operator_setting(self, name: str) -> Any:
+        """`name` as cinder.conf sets it (backend section, else [backend_defaults] or
+        [DEFAULT]), or None when it is left at Cinder's default."""
+        group = getattr(self.configuration, "config_group", None)
+        shared = None
+        if group is not None:
+            # cinder.volume.configuration gives a backend section's options a None default
+            try:
+                value = CONF[group][name]
+            except (cfg.NoSuchOptError, cfg.NoSuchGroupError, KeyError):
+                value = None
+            if value is not None:
+                return value
+            shared = "backend_defaults"
+        try:
+            loc = CONF.get_location(name, shared)
+        except (cfg.NoSuchOptError, cfg.NoSuchGroupError):
+            return None
+        if loc is None or loc.location in (cfg.Locations.opt_default, cfg.Locations.set_default):
+            return None
+        return CONF[shared][name] if shared else CONF[name]
 
     def _ds(self, volume_name: str) -> str:
         assert self.zfs is not None

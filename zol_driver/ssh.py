@@ -326,6 +326,24 @@ class LocalExecutor:
         pass
 
 
+def san_capabilities(executor: Executor) -> dict[str, str]:
+    """`zol-wrapper capabilities` as {key: value}, e.g. {"unmap": "yes", "tgt": "1:1.0.85-1+zol1"}
+    (doc/san-protocol.md); {} from a wrapper that does not know the verb."""
+    try:
+        res = executor.execute(["zol-wrapper", "capabilities"])
+    except exception.WrapperDenied:
+        return {}
+    out = {}
+    for word in res.stdout.split():
+        key, sep, value = word.partition("=")
+        if not sep or not key:
+            raise exception.ParseError(what="zol-wrapper capabilities",
+                                       reason="expected key=value words",
+                                       line=res.stdout.strip()[:200])
+        out[key] = value
+    return out
+
+
 def protocol_version(executor: Executor) -> tuple[str, int]:
     """Ask the wrapper for its version: ("0.1.0", 1); raises WrapperDenied/ParseError."""
     res = executor.execute(["zol-wrapper", "version"])

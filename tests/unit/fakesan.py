@@ -84,6 +84,8 @@ class FakeSan:
         self.tgtd_up = True
         self._clock = itertools.count(1)
         self.protocol_line = "zol-ssh-wrapper 2.0.0 protocol 2\n"
+        # `zol-wrapper capabilities` as a stock Debian tgt answers (None: verb refused)
+        self.capabilities_line: str | None = "unmap=no tgt=1:1.0.85-1+deb12u1\n"
         self.stdins: list[str | None] = []
 
     # -- Executor -------------------------------------------------------------------------------
@@ -389,6 +391,8 @@ class FakeSan:
     def _verb(self, a):
         if a[0] == "version":
             return (0, self.protocol_line, "")
+        if a[0] == "capabilities" and self.capabilities_line is not None:
+            return (0, self.capabilities_line, "")
         if a[0] == "wait-zvol":
             if a[1] in self.ds and a[1] not in self.unlinked:
                 return (0, "", "")
