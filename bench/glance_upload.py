@@ -71,7 +71,7 @@ def main() -> int:
             data = tmp / "image.raw"
             make_file(data, mib)
             local = glance.hash_file(data, "disk")
-            sess, endpoint = glance.make_session(state["url"], "bench")
+            sess, endpoint, _ = glance.make_session(state["url"], "bench")
             client = glance.make_client(sess, endpoint)
             t_ours, t_cli = [], []
             for i in range(rounds):

@@ -8,6 +8,7 @@ manifest.json with versions, packages, sizes, hashes, Glance ids and timings.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import datetime
 import json
@@ -15,14 +16,16 @@ import logging
 import os
 import platform
 import re
-import shutil
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from image_builder import customize, disk, exception, glance, opts, run, verify
+from image_builder import (cache, customize, disk, exception, glance, opts, publish, repro, run,
+                           sbom, verify, workspace)
+from image_builder import recipe as recipe_mod
 from image_builder.install.chroot import parse_dpkg_status
 
 LOG = logging.getLogger(__name__)
@@ -39,27 +42,37 @@ class InjectedFault(exception.ImageBuilderError):
     msg_fmt = "injected fault at %(point)s (test)"
 
 
-def _default(name: str):
-    return next(o for o in opts.build_opts if o.dest == name).default
+def _default(name: str, group: list | None = None):
+    return next(o for o in (group or opts.build_opts) if o.dest == name).default
+
+
+def _gdefault(name: str):
+    return _default(name, opts.glance_opts)
+
+
+def default_recipe_record() -> dict[str, Any]:
+    """The manifest's "recipe" of a build without --recipe: the default recipe."""
+    return {"path": str(opts.default_recipe_path()),
+            "properties": dict(opts.DEFAULT_RECIPE["glance"]["properties"])}
 
 
 @dataclass
 class Settings:
     """Everything a build needs, decoupled from oslo.config so tests can build one directly."""
 
-    release: str = "bookworm"
-    arch: str = "amd64"
+    release: str = field(default_factory=lambda: _default("release"))
+    arch: str = field(default_factory=lambda: _default("arch"))
     mirror: str = "http://deb.debian.org/debian"
     security_mirror: str = "http://deb.debian.org/debian-security"
     updates: bool = True
     disk_size: int = 2048
-    kernel_package: str = "linux-image-cloud-amd64"
+    kernel_package: str = field(default_factory=lambda: _default("kernel_package"))
     packages: list[str] = field(default_factory=lambda: list(_default("packages")))
     locales: list[str] = field(default_factory=lambda: ["en_US.UTF-8"])
     profile: str = "cloud"
     cloud_init: bool = True
     hostname: str = "debian"
-    name: str = "debian-{release}-{arch}"
+    name: str = field(default_factory=lambda: _default("name"))
     output_dir: str = "images"
     format: str = "ami"
     install_backend: str = "chroot"
@@ -81,7 +94,29 @@ class Settings:
     glance_visibility: str = "private"
     glance_reuse: bool = True
     glance_insecure: bool = False
+    glance_cacert: str | None = None
+    glance_series: str = field(default_factory=lambda: _gdefault("series"))
+    glance_version: str = ""
+    glance_name_format: str = field(default_factory=lambda: _gdefault("name_format"))
+    glance_keep: int = 0
+    glance_protected: bool = False
+    glance_tags: list[str] = field(default_factory=list)
+    glance_members: list[str] = field(default_factory=list)
+    glance_properties: dict[str, str] = field(default_factory=dict)
+    glance_min_ram: int = field(default_factory=lambda: _gdefault("min_ram"))
+    glance_manifest_url: str = ""
+    glance_import_method: str = "upload"
+    glance_retries: int = field(default_factory=lambda: _gdefault("retries"))
     libvirt: dict[str, Any] = field(default_factory=dict)
+    # Speed and reproducibility (image_builder.cache, image_builder.repro).
+    package_cache: bool = True
+    cache_dir: str = ""
+    source_date_epoch: int = 0
+    # From the recipe (recipe.Recipe): packages removed, what the profile copies/runs, and
+    # what the manifest records.
+    remove_packages: list[str] = field(default_factory=list)
+    recipe_profile: dict[str, Any] = field(default_factory=dict)
+    recipe: dict[str, Any] = field(default_factory=lambda: default_recipe_record())
 
     @property
     def version(self) -> str:
@@ -97,15 +132,41 @@ class Settings:
 
     @property
     def all_packages(self) -> list[str]:
-        return sorted(set(self.packages) | {self.kernel_package})
+        return sorted((set(self.packages) | {self.kernel_package}) - set(self.remove_packages))
+
+    def publication(self) -> publish.Publication:
+        """How `upload` publishes (never what the image is: that is in its manifest)."""
+        if self.glance_members and self.glance_visibility != "shared":
+            raise exception.ConfigError(reason="[glance] members needs visibility shared "
+                                               "(got %s)" % self.glance_visibility)
+        return publish.Publication(
+            series=self.glance_series, version=self.glance_version,
+            name_format=self.glance_name_format, properties=dict(self.glance_properties),
+            min_ram=self.glance_min_ram, manifest_url=self.glance_manifest_url,
+            options=glance.PublishOptions(
+                visibility=self.glance_visibility, members=list(self.glance_members),
+                tags=list(self.glance_tags), protected=self.glance_protected,
+                import_method=self.glance_import_method, retries=self.glance_retries,
+                reuse=self.glance_reuse, keep=self.glance_keep))
 
     @classmethod
     def from_conf(cls, conf) -> Settings:
+        """The options (a recipe's values are already overrides there, see cli.load_conf),
+        plus what only the recipe has: packages to add/remove, files, scripts, cloud-init
+        defaults and Glance properties."""
         b, g, lv = conf.build, conf.glance, conf.libvirt
+        rcp = recipe_mod.load(b.recipe) if b.recipe else None
+        record = default_recipe_record()
+        if rcp:
+            record = dict(rcp.public(), properties=dict(record["properties"],
+                                                         **rcp.properties))
         return cls(
+            remove_packages=list(rcp.remove) if rcp else [],
+            recipe_profile=rcp.profile_data() if rcp else {}, recipe=record,
             release=b.release, arch=b.arch, mirror=b.mirror, disk_size=b.disk_size,
             security_mirror=b.security_mirror, updates=b.updates,
-            kernel_package=b.kernel_package, packages=list(b.packages) + list(b.extra_packages),
+            kernel_package=b.kernel_package,
+            packages=list(b.packages) + list(b.extra_packages) + (list(rcp.add) if rcp else []),
             locales=list(b.locales), profile=b.profile, cloud_init=b.cloud_init,
             hostname=b.hostname, name=b.name, output_dir=b.output_dir, format=b.format,
             install_backend=b.install_backend, fs_slack=b.fs_slack, verify=b.verify,
@@ -115,13 +176,21 @@ class Settings:
             verify_memory=b.verify_memory, upload=b.upload, keep_work=b.keep_work,
             install_timeout=b.install_timeout, glance_endpoint=g.endpoint,
             glance_token=g.token, glance_cloud=g.cloud, glance_visibility=g.visibility,
-            glance_reuse=g.reuse, glance_insecure=g.insecure,
-            libvirt={o.dest: getattr(lv, o.dest) for o in opts.libvirt_opts})
+            glance_reuse=g.reuse, glance_insecure=g.insecure, glance_cacert=g.cacert,
+            glance_series=g.series, glance_version=g.version, glance_name_format=g.name_format,
+            glance_keep=g.keep, glance_protected=g.protected, glance_tags=list(g.tags),
+            glance_members=list(g.members), glance_properties=dict(g.properties),
+            glance_min_ram=g.min_ram, glance_manifest_url=g.manifest_url,
+            glance_import_method=g.import_method, glance_retries=g.retries,
+            libvirt={o.dest: getattr(lv, o.dest) for o in opts.libvirt_opts},
+            package_cache=b.package_cache, cache_dir=b.cache_dir,
+            source_date_epoch=b.source_date_epoch)
 
     def public(self) -> dict[str, Any]:
         """Settings for the manifest: never the token."""
         d = asdict(self)
         d["glance_token"] = "***" if self.glance_token else None
+        d.pop("recipe_profile", None)       # file contents: the manifest's recipe has hashes
         return d
 
 
@@ -168,15 +237,17 @@ class Builder:
 
     def glance_client(self):
         if self._glance is None:
-            sess, endpoint = glance.make_session(self.s.glance_endpoint, self.s.glance_token,
-                                                 self.s.glance_cloud, self.s.glance_insecure)
-            self._glance = glance.make_client(sess, endpoint)
+            self._glance = client_for(self.s)
         return self._glance
 
     def profile(self) -> customize.Profile:
         return customize.Profile(hostname=self.s.hostname, locales=self.s.locales,
                                  cloud_init=self.s.cloud_init, profile=self.s.profile,
-                                 marker=self.marker, apt_sources=self.apt_sources())
+                                 marker=self.marker, apt_sources=self.apt_sources(),
+                                 files=list(self.s.recipe_profile.get("files", [])),
+                                 scripts=list(self.s.recipe_profile.get("scripts", [])),
+                                 cloud_config=self.s.recipe_profile.get("cloud_config", ""),
+                                 remove_packages=list(self.s.remove_packages))
 
     def apt_sources(self) -> list[str]:
         return customize.sources(self.s.release, self.s.mirror, self.s.security_mirror,
@@ -184,82 +255,119 @@ class Builder:
 
     # ------------------------------------------------------------------ pipeline
     def run(self) -> dict[str, Any]:
+        """Preflight, then build under the output directory's lock in a partial directory
+        that replaces OUT/NAME only once verified, hashed and described (manifest, SBOM);
+        then publish.  A failed upload keeps the build: `zol-image upload OUT/NAME`."""
         total = time.monotonic()
-        bare = self.s.format != "ami"
-        if self.out.exists():
-            run.remove_tree(self.out)
-        self.work.mkdir(parents=True)
-        with contextlib.ExitStack() as rollback:
-            rollback.callback(self._cleanup_failed)
-            with self.stage("install"):
-                installed = self.install()
-            with self.stage("convert"):
-                if bare:
-                    files = self.convert_bare()
-                else:
-                    root = self.convert()
-            if not bare:
-                with self.stage("kernel"):
-                    boot_files = disk.extract_boot_files(root, self.work)
-                    kernel = self.out / ("%s.vmlinuz" % self.name)
-                    initrd = self.out / ("%s.initrd" % self.name)
-                    os.replace(boot_files["kernel"], kernel)
-                    os.replace(boot_files["ramdisk"], initrd)
-                    self.result["kernel_version"] = boot_files["kernel_version"]
-                    installed["packages"] = parse_dpkg_status(
-                        disk.read_text(root, "/var/lib/dpkg/status"))
-                with self.stage("shrink"):
-                    self.result["rootfs"] = disk.shrink(root, self.s.fs_slack)
-                    final_root = self.out / ("%s.img" % self.name)
-                    os.replace(root, final_root)
-                files = {"kernel": kernel, "ramdisk": initrd, "root": final_root}
-            if self.s.verify:
-                with self.stage("verify"):
-                    self.result["verify"] = self.verify(files)
-            with self.stage("hash"):
-                locals_ = {role: glance.hash_file(path, role) for role, path in files.items()}
+        workspace.preflight(self.s.install_backend, self.s.format, self.s.verify,
+                            bool(self.s.source_disk))
+        with workspace.Workspace(self.s.output_dir, self.name) as ws:
+            self.out = ws.partial
+            self.work = self.out / "work"
+            try:
+                manifest = self._build(total)
+            except BaseException:
+                ws.abort(self.s.keep_work)
+                raise
+            self.out = ws.commit()
+            self.work = self.out / "work"
+            LOG.info("build %s verified and described in %.1f s, not published yet: %s",
+                     self.name, time.monotonic() - total, self.out / "manifest.json")
             if self.s.upload:
-                with self.stage("upload"):
-                    self.result["glance"] = self.upload(locals_, rollback)
-            with self.stage("manifest"):
-                manifest = self.manifest(installed, locals_, time.monotonic() - total)
-            rollback.pop_all()
-        if not self.s.keep_work:
-            run.remove_tree(self.work)
+                manifest = self._publish(total)
         LOG.info("build %s done in %.1f s: %s", self.name, time.monotonic() - total,
                  self.out / "manifest.json")
         return manifest
 
-    def _cleanup_failed(self) -> None:
-        """On failure: keep logs for the admin, delete every image and work file."""
-        if self.s.keep_work:
-            return
-        for path in list(self.out.glob("*")):
-            if path.name == "work":
-                for item in path.iterdir():
-                    if item.suffix in (".log",) or item.name == "console.log":
-                        shutil.move(str(item), self.out / item.name)
-                run.remove_tree(path)
-            elif path.suffix not in (".log",):
-                path.unlink() if path.is_file() else run.remove_tree(path)
-        if self.out.exists() and not any(self.out.iterdir()):
-            self.out.rmdir()
+    def _publish(self, total: float) -> dict[str, Any]:
+        def report(role: str, done: int, total_: int, elapsed: float) -> None:
+            self.progress("upload %s: %d/%d MiB, %.1f MiB/s" % (
+                role, done >> 20, total_ >> 20, done / 1048576 / max(elapsed, 1e-6)))
+            if done >= total_:
+                self.inject("upload-%s" % role)
+
+        try:
+            with self.stage("upload"):
+                self.result["glance"] = publish.publish(self.out, self.glance_client(),
+                                                        self.s.publication(), progress=report)
+        except exception.StageFailed as exc:
+            exc.message += ("; the verified build is kept in %s: `zol-image upload %s` "
+                            "publishes it" % (self.out, self.out))
+            exc.args = (exc.message,)
+            raise
+        manifest = publish.read_manifest(self.out)
+        manifest["timings"]["upload"] = self.timings["upload"]
+        manifest["timings"]["total"] = round(time.monotonic() - total, 2)
+        publish.write_manifest(self.out, manifest)
+        return manifest
+
+    def _build(self, total: float) -> dict[str, Any]:
+        """The stages up to the manifest, in self.out (the partial directory)."""
+        bare = self.s.format != "ami"
+        self.work.mkdir(parents=True)
+        with contextlib.ExitStack() as rollback:
+            with self.stage("install"):
+                installed = self.install()
+            with self.stage("convert"):
+                if bare:
+                    files = self.convert_bare(installed)
+                else:
+                    root = self.convert(installed)
+            if not bare:
+                with self.stage("kernel"):
+                    kernel, initrd = self.kernel(root, installed)
+                with self.stage("shrink"):
+                    final_root = self.shrink(root, installed)
+                files = {"kernel": kernel, "ramdisk": initrd, "root": final_root}
+            with contextlib.ExitStack() as hashing:
+                # Hashing only reads what verify only reads: it runs beside the launch.
+                hashes = self.start_hashing(files, hashing)
+                if self.s.verify:
+                    with self.stage("verify"):
+                        self.result["verify"] = self.verify(files)
+                with self.stage("hash"):
+                    locals_ = {role: fut.result() for role, fut in hashes.items()}
+            with self.stage("manifest"):
+                manifest = self.manifest(installed, locals_, time.monotonic() - total, files)
+            rollback.pop_all()
+        if not self.s.keep_work:
+            run.remove_tree(self.work)
+        return manifest
 
     def install(self) -> dict[str, Any]:
         packages = self.s.all_packages
         if self.s.source_disk:
             # An installed disk from elsewhere (a previous build, a VM): skip the install.
+            # An AMI root filesystem (a previous build's NAME.img) is taken as it is.
+            if disk.is_filesystem(self.s.source_disk):
+                if self.s.format != "ami":
+                    raise exception.ConfigError(reason="--from-disk %s is a filesystem, not a "
+                                                "disk: it can only make an AMI (--format ami)"
+                                                % self.s.source_disk)
+                run.run(["cp", "--sparse=always", self.s.source_disk, self.work / "root.img"])
+                return {"source_disk": os.path.abspath(self.s.source_disk),
+                        "root": str(self.work / "root.img"), "from_filesystem": True}
             disk.convert(self.s.source_disk, self.work / "disk.qcow2", "qcow2")
             return {"source_disk": os.path.abspath(self.s.source_disk)}
         if self.s.install_backend == "chroot":
             from image_builder.install import chroot
-            return chroot.install(workdir=self.work, release=self.s.release, arch=self.s.arch,
-                                  mirror=self.s.mirror, packages=packages,
-                                  profile=self.profile(), disk_mb=self.s.disk_size,
-                                  slack=self.s.fs_slack, timeout=self.s.install_timeout,
-                                  progress=self.progress, bootloader=self.s.format != "ami",
-                                  security_mirror=self.s.security_mirror,
-                                  updates=self.s.updates)
+            self.result["repro"] = self.repro_inputs()
+            epoch = self.result["repro"]["source_date_epoch"]
+            pcache = cache.PackageCache.for_build(self.s.cache_dir or cache.default_dir(),
+                                                  self.s.release, self.s.arch) \
+                if self.s.package_cache else None
+            installed = chroot.install(
+                workdir=self.work, release=self.s.release, arch=self.s.arch,
+                mirror=self.s.mirror, packages=packages, profile=self.profile(),
+                disk_mb=self.s.disk_size, slack=self.s.fs_slack,
+                timeout=self.s.install_timeout, progress=self.progress,
+                bootloader=self.s.format != "ami", security_mirror=self.s.security_mirror,
+                updates=self.s.updates, epoch=epoch, package_cache=pcache,
+                fs_inputs=self.result["repro"]["fs_inputs"])
+            self.result["repro"].update(filesystem=installed.get("fs"),
+                                        package_cache=installed.get("package_cache"),
+                                        mmdebstrap_seconds=installed.get("mmdebstrap_seconds"))
+            return installed
         from image_builder.install import libvirt as lv
         return lv.install(workdir=self.work, release=self.s.release, mirror=self.s.mirror,
                           packages=packages, profile=self.profile(), disk_mb=self.s.disk_size,
@@ -267,7 +375,24 @@ class Builder:
                           progress=self.progress, on_started=lambda: self.inject("installer"),
                           security_mirror=self.s.security_mirror, updates=self.s.updates)
 
-    def convert(self) -> Path:
+    def repro_inputs(self) -> dict[str, Any]:
+        """SOURCE_DATE_EPOCH (given, or the archive's newest Release date) and the inputs the
+        filesystem UUID and hash seed are derived from."""
+        sources = self.apt_sources()
+        dates = repro.archive_dates(sources)
+        epoch = self.s.source_date_epoch or max(dates.values())
+        fs_inputs = {"sources": sources, "packages": self.s.all_packages,
+                     "profile": json.loads(self.profile().to_json()),
+                     "format": self.s.format, "disk_size": self.s.disk_size,
+                     "fs_slack": self.s.fs_slack, "epoch": epoch}
+        return {"source_date_epoch": epoch, "source_date": repro.iso(epoch),
+                "epoch_from": "setting" if self.s.source_date_epoch else "archive",
+                "archive_release_dates": {u: repro.iso(d) for u, d in sorted(dates.items())},
+                "fs_inputs": fs_inputs}
+
+    def convert(self, installed: dict[str, Any]) -> Path:
+        if installed.get("root"):           # the chroot backend's mkfs output is the root fs
+            return Path(installed["root"])
         qcow2 = self.work / "disk.qcow2"
         part = disk.pick_root_partition(disk.read_partitions(qcow2))
         self.result["root_partition"] = asdict(part)
@@ -277,11 +402,55 @@ class Builder:
             qcow2.unlink()
         return root
 
-    def convert_bare(self) -> dict[str, Path]:
-        qcow2 = self.work / "disk.qcow2"
+    def kernel(self, root: Path, installed: dict[str, Any]) -> tuple[Path, Path]:
+        """kernel and initrd next to the root fs: moved out of the tree (chroot backend), else
+        read out of the filesystem with debugfs."""
+        boot_files = installed if installed.get("kernel") else \
+            disk.extract_boot_files(root, self.work)
+        kernel = self.out / ("%s.vmlinuz" % self.name)
+        initrd = self.out / ("%s.initrd" % self.name)
+        os.replace(boot_files["kernel"], kernel)
+        os.replace(boot_files["ramdisk"], initrd)
+        self.result["kernel_version"] = boot_files["kernel_version"]
+        if not installed.get("packages"):
+            installed["packages"] = parse_dpkg_status(disk.read_text(root,
+                                                                     "/var/lib/dpkg/status"))
+        return kernel, initrd
+
+    def shrink(self, root: Path, installed: dict[str, Any]) -> Path:
+        """A foreign disk's root fs is shrunk; the chroot backend's was sized by mkfs (within
+        fs_slack of its data), so it needs neither resize2fs nor fsck."""
+        if installed.get("root") and not installed.get("from_filesystem"):
+            info = disk.fs_info(root)
+            self.result["rootfs"] = {"size": info.size, "used": info.used,
+                                     "slack": info.slack, "size_before": info.size,
+                                     "allocated": disk.allocated(root)}
+        else:
+            self.result["rootfs"] = disk.shrink(root, self.s.fs_slack)
+        final_root = self.out / ("%s.img" % self.name)
+        os.replace(root, final_root)
+        return final_root
+
+    def convert_bare(self, installed: dict[str, Any]) -> dict[str, Path]:
         out = self.out / ("%s.%s" % (self.name, self.s.format))
+        if installed.get("disk"):           # the chroot backend's raw disk
+            raw = Path(installed["disk"])
+            if self.s.format == "raw":
+                os.replace(raw, out)
+            else:
+                disk.convert(raw, out, self.s.format, src_fmt="raw")
+                raw.unlink()
+            return {"disk": out}
+        qcow2 = self.work / "disk.qcow2"
         disk.convert(qcow2, out, self.s.format, src_fmt="qcow2")
         return {"disk": out}
+
+    def start_hashing(self, files: dict[str, Path],
+                      stack: contextlib.ExitStack) -> dict[str, concurrent.futures.Future]:
+        """md5/sha256/sha512 of each file in its own thread (hashlib releases the GIL)."""
+        pool = stack.enter_context(concurrent.futures.ThreadPoolExecutor(
+            max_workers=len(files), thread_name_prefix="hash"))
+        return {role: pool.submit(glance.hash_file, path, role) for role, path in files.items()}
 
     def boot_marker(self, files: dict[str, Path]) -> str:
         """Our /etc/issue line; an image from --from-disk carries its own build's name."""
@@ -315,56 +484,19 @@ class Builder:
                              ssh=with_key, apt_suites=suites, progress=self.progress,
                              on_started=lambda: self.inject("qemu"))
 
-    def properties(self) -> dict[str, str]:
-        props = {"os_distro": "debian", "os_version": self.s.version,
-                 "architecture": ARCH_NAMES.get(self.s.arch, self.s.arch)}
-        if self.s.cloud_init and self.s.profile == "cloud":
-            props["os_admin_user"] = customize.ADMIN_USER
-        return props
-
-    def upload(self, files: dict[str, glance.LocalFile],
-               rollback: contextlib.ExitStack) -> dict[str, Any]:
-        def report(role: str, done: int, total: int, elapsed: float) -> None:
-            self.progress("upload %s: %d/%d MiB, %.1f MiB/s" % (
-                role, done >> 20, total >> 20, done / 1048576 / max(elapsed, 1e-6)))
-            if done >= total:
-                self.inject("upload-%s" % role)
-
-        pub = glance.Publisher(self.glance_client(), visibility=self.s.glance_visibility,
-                               progress=report)
-        start = time.monotonic()
-        if "disk" in files:
-            ids = pub.publish_bare(self.name, files["disk"], self.s.format, self.properties(),
-                                   reuse=self.s.glance_reuse)
-        else:
-            ids = pub.publish_triplet(self.name, files, self.properties(),
-                                      reuse=self.s.glance_reuse)
-        elapsed = time.monotonic() - start
-        if not ids["reused"]:
-            # Later stages (the manifest) may still fail: then these images must go too.
-            created = [v for k, v in ids.items() if k != "reused"]
-            client = pub.client
-
-            def _delete() -> None:
-                for image_id in reversed(created):
-                    with contextlib.suppress(Exception):
-                        client.images.delete(image_id)
-            rollback.callback(_delete)
-        size = sum(f.size for f in files.values())
-        ids["seconds"] = round(elapsed, 2)
-        ids["bytes"] = size
-        if not ids["reused"]:
-            ids["mib_per_s"] = round(size / 1048576 / max(elapsed, 1e-6), 1)
-        return ids
-
     def manifest(self, installed: dict[str, Any], files: dict[str, glance.LocalFile],
-                 total: float) -> dict[str, Any]:
+                 total: float, paths: dict[str, Path] | None = None) -> dict[str, Any]:
+        """manifest.json ("built, not published"), packages.json, the SPDX SBOM and
+        SHA256SUMS: everything `zol-image upload` needs to publish this build later."""
         manifest = {
             "name": self.name,
+            "build_id": uuid.uuid4().hex,
             "format": self.s.format,
             "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "debian": {"release": self.s.release, "version": self.s.version,
                        "arch": self.s.arch, "mirror": self.s.mirror},
+            "series": self.s.glance_series,
+            "recipe": self.s.recipe,
             "versions": tool_versions(),
             "kernel_version": self.result.get("kernel_version"),
             "packages": installed.get("packages", []),
@@ -375,18 +507,34 @@ class Builder:
             "rootfs": self.result.get("rootfs"),
             "root_partition": self.result.get("root_partition"),
             "verify": self.result.get("verify"),
-            "glance": self.result.get("glance"),
+            "glance": None,
+            "published": False,
             "settings": self.s.public(),
             "timings": dict(self.timings, total=round(total, 2)),
         }
+        if self.result.get("repro") is not None:
+            manifest["repro"] = self.result["repro"]
         if manifest["verify"]:
             manifest["verify"] = {k: v for k, v in manifest["verify"].items()
                                   if k != "console_tail"}
-        path = self.out / "manifest.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, path)
+        inventory = self.package_inventory({r: Path(f.path) for r, f in files.items()})
+        manifest["package_count"] = len(inventory)
+        manifest["sbom"] = sbom.write(self.out, manifest, inventory)
+        publish.write_manifest(self.out, manifest)
         return manifest
+
+    def package_inventory(self, files: dict[str, Path]) -> list[dict[str, Any]]:
+        """Every installed package with version, source and license, read from the image."""
+        if "root" in files:
+            return sbom.read_image(files["root"])
+        fmt = self.s.format
+        part = disk.pick_root_partition(disk.read_partitions(files["disk"], fmt))
+        tmp = self.work / "sbom-root.img"
+        disk.extract_partition(files["disk"], part, tmp, fmt)
+        try:
+            return sbom.read_image(tmp)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 def tool_versions() -> dict[str, str]:
@@ -414,27 +562,20 @@ def tool_versions() -> dict[str, str]:
     return versions
 
 
+def client_for(settings: Settings):
+    """A glanceclient for the settings' endpoint/token, clouds.yaml cloud or OS_* variables."""
+    sess, endpoint, adapter = glance.make_session(
+        settings.glance_endpoint, settings.glance_token, settings.glance_cloud,
+        settings.glance_insecure, settings.glance_cacert)
+    return glance.make_client(sess, endpoint, adapter)
+
+
 def publish_existing(build_dir: str | os.PathLike, settings: Settings,
                      glance_client: Any = None) -> dict[str, Any]:
-    """Upload (or find) a finished build from its manifest; `zol-image upload BUILD_DIR`."""
-    build_dir = Path(build_dir)
-    manifest = json.loads((build_dir / "manifest.json").read_text())
-    files = {}
-    for role, meta in manifest["files"].items():
-        local = glance.hash_file(build_dir / meta["path"], role)
-        if local.sha512 != meta["sha512"]:
-            raise exception.GlanceError(reason="%s changed since the build (sha512 differs "
-                                        "from manifest.json)" % local.path)
-        files[role] = local
-    builder = Builder(settings, glance_client=glance_client)
-    builder.name = manifest["name"]
-    with contextlib.ExitStack() as rollback:
-        ids = builder.upload(files, rollback)
-        rollback.pop_all()
-    # Keep the first upload's record (ids, throughput); log every later publication.
-    manifest.setdefault("publications", []).append(ids)
-    if not ids["reused"] or not manifest.get("glance"):
-        manifest["glance"] = ids
-    (build_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True)
-                                             + "\n")
-    return ids
+    """`zol-image upload BUILD_DIR`: publish a finished build from its manifest alone (under
+    the build's lock); only where and how to publish come from ``settings``."""
+    build_dir = Path(build_dir).resolve()
+    publish.read_manifest(build_dir)         # a clear error before any connection
+    with workspace.Workspace(build_dir.parent, build_dir.name, build=False):
+        return publish.publish(build_dir, glance_client or client_for(settings),
+                               settings.publication())

@@ -6,17 +6,44 @@ never disagree about names or defaults.
 """
 from __future__ import annotations
 
+import sys
+import tomllib
+from pathlib import Path
+
 from oslo_config import cfg
 
 RELEASES = ("bookworm", "trixie")
 RELEASE_VERSIONS = {"bookworm": "12", "trixie": "13"}
 ARCHES = ("amd64",)
 VERIFY_NETWORKS = ("metadata", "dhcp")
+IMPORT_METHODS = ("upload", "glance-direct")
+
+
+def default_recipe_path() -> Path:
+    """etc/recipes/default.toml of the source tree, else the installed copy."""
+    for path in (Path(__file__).resolve().parents[1] / "etc" / "recipes" / "default.toml",
+                 Path(sys.prefix) / "share" / "zol-openstack" / "recipes" / "default.toml"):
+        if path.is_file():
+            return path
+    raise FileNotFoundError("default recipe etc/recipes/default.toml not found")
+
+
+# The default recipe is the ONE source of these defaults (recipe.load validates it; a unit
+# test proves a build with --recipe etc/recipes/default.toml equals the default build).
+with open(default_recipe_path(), "rb") as _f:
+    DEFAULT_RECIPE = tomllib.load(_f)
+_IMAGE = DEFAULT_RECIPE["image"]
 
 build_opts = [
-    cfg.StrOpt("release", default="bookworm", choices=RELEASES,
+    cfg.StrOpt("recipe",
+               help="Recipe file (TOML, doc/image-builder.md): release, arch, kernel, packages "
+                    "to add/remove, files, scripts, cloud-init defaults, Glance properties, "
+                    "series.  Its values override this file's; command-line flags override "
+                    "both.  Default: the shipped etc/recipes/default.toml, whose values are "
+                    "these options' defaults."),
+    cfg.StrOpt("release", default=_IMAGE["release"], choices=RELEASES,
                help="Debian release (codename) to build."),
-    cfg.StrOpt("arch", default="amd64", choices=ARCHES,
+    cfg.StrOpt("arch", default=_IMAGE["arch"], choices=ARCHES,
                help="Debian architecture of the image."),
     cfg.StrOpt("mirror", default="http://deb.debian.org/debian",
                help="Debian mirror (http or https URL) for the install."),
@@ -28,12 +55,11 @@ build_opts = [
     cfg.IntOpt("disk_size", default=2048, min=256,
                help="Size in MiB of the partitioned disk the system is installed on; the "
                     "AMI root filesystem is shrunk afterwards to the data it holds."),
-    cfg.StrOpt("kernel_package", default="linux-image-cloud-amd64",
+    cfg.StrOpt("kernel_package", default=_IMAGE["kernel"],
                help="Kernel package; linux-image-cloud-amd64 is smaller and boots faster on "
                     "virtio clouds, linux-image-amd64 supports any hardware."),
     cfg.ListOpt("packages",
-                default=["openssh-server", "netbase", "iproute2", "systemd-sysv", "udev", "kmod",
-                         "sudo", "less", "ca-certificates"],
+                default=DEFAULT_RECIPE["packages"]["base"],
                 help="Packages installed on top of the minimal base; the 'cloud' profile adds "
                      "its own (cloud-init, systemd-resolved, systemd-timesyncd, "
                      "qemu-guest-agent, cloud-guest-utils)."),
@@ -50,7 +76,7 @@ build_opts = [
                      "nobody can log in unless nova injects root's key (inject_key=True, "
                      "inject_partition=-1): see doc/image-builder.md."),
     cfg.StrOpt("hostname", default="debian", help="Hostname written into the image."),
-    cfg.StrOpt("name", default="debian-{release}-{arch}",
+    cfg.StrOpt("name", default=_IMAGE["name"],
                help="Image name; {release}, {version} and {arch} are substituted."),
     cfg.StrOpt("output_dir", default="images",
                help="Directory that receives the build directory of each image."),
@@ -91,6 +117,16 @@ build_opts = [
     cfg.BoolOpt("upload", default=True, help="Upload the result to Glance."),
     cfg.BoolOpt("keep_work", default=False,
                 help="Keep the intermediate files (tree, disk, raw) for debugging."),
+    cfg.BoolOpt("package_cache", default=True,
+                help="Keep the downloaded .debs and apt lists in cache_dir/apt/RELEASE-ARCH "
+                     "between builds (mmdebstrap sync-in/sync-out hooks): a rebuild downloads "
+                     "only what changed in the archive."),
+    cfg.StrOpt("cache_dir", default="",
+               help="Cache directory; empty: $ZOL_CACHE_DIR, else ~/.cache/zol-openstack."),
+    cfg.IntOpt("source_date_epoch", default=0, min=0,
+               help="SOURCE_DATE_EPOCH of the build (seconds): every timestamp in the image "
+                    "is at most this, and the same archive state + inputs give bit-identical "
+                    "files.  0: the newest Date of the archive's InRelease files."),
     cfg.IntOpt("install_timeout", default=3600, min=10,
                help="Seconds an install may take before it is aborted."),
 ]
@@ -108,6 +144,45 @@ glance_opts = [
                 help="Reuse an existing identical triplet (same name and hashes) instead "
                      "of uploading a duplicate."),
     cfg.BoolOpt("insecure", default=False, help="Do not verify the TLS certificate."),
+    cfg.StrOpt("cacert", help="CA bundle for Glance/Keystone TLS (default: clouds.yaml's "
+                              "cacert, else the system's)."),
+    cfg.StrOpt("series", default=_IMAGE["series"],
+               help="Series of the publication ({release} {version} {arch} substituted): "
+                    "images of one series replace each other (property image_series)."),
+    cfg.StrOpt("version", default="",
+               help="Version of this publication (property image_version, sorts the "
+                    "series); empty: the build's date and time, YYYYMMDD.HHMM."),
+    cfg.StrOpt("name_format", default="{series} {image_version}",
+               help="Glance name of the AMI / BARE image ({series} {image_version} "
+                    "{release} {version} {arch} {name}); the kernel and ramdisk get "
+                    "'-kernel' / '-ramdisk' appended."),
+    cfg.IntOpt("keep", default=0, min=0,
+               help="After a successful publication, older publications of the series are "
+                    "always hidden (os_hidden); with keep N > 0 only the N newest are kept "
+                    "and older ones deleted (never a protected image, never a kernel/ramdisk "
+                    "still referenced by a kept AMI)."),
+    cfg.BoolOpt("protected", default=False,
+                help="Create the AMI / BARE image protected (rotation never deletes it)."),
+    cfg.ListOpt("tags", default=[], help="Tags set on every image of the publication."),
+    cfg.ListOpt("members", default=[],
+                help="Project ids the images are shared with (visibility shared)."),
+    cfg.DictOpt("properties", default={},
+                help="More Glance properties of the AMI / BARE image, over the recipe's "
+                     "[glance.properties] and the computed ones ({release} {version} {arch} "
+                     "{series} {image_version} substituted); --property K=V adds more."),
+    cfg.IntOpt("min_ram", default=512, min=0,
+               help="min_ram (MiB) of the AMI / BARE image (cloud-init needs ~512)."),
+    cfg.StrOpt("manifest_url", default="",
+               help="Where the build directory is published for users ({name} "
+                    "{image_version} substituted), e.g. https://images.example.org/{name}/; "
+                    "the images get image_package_manifest = URL + sbom.spdx.json.  Empty: "
+                    "the SBOM's file:// path on the build host."),
+    cfg.StrOpt("import_method", default="upload", choices=IMPORT_METHODS,
+               help="upload: PUT the data (image upload); glance-direct: interoperable "
+                    "image import (stage + import), for clouds that allow only import."),
+    cfg.IntOpt("retries", default=4, min=0,
+               help="Retries (with backoff 1, 2, 4 ... s) of a Glance call that failed "
+                    "transiently (connection refused/reset, HTTP 5xx)."),
 ]
 
 libvirt_opts = [
