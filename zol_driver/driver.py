@@ -133,7 +133,7 @@ class ZFSonLinuxISCSIDriver(image_transfer.LibiscsiImageTransferMixin, driver.IS
 
     VERSION = "2.0.0"
     CI_WIKI_NAME = "zol-openstack"
-    SUPPORTS_ACTIVE_ACTIVE = False
+    SUPPORTS_ACTIVE_ACTIVE = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         # Tests may inject an Executor (e.g. the fake SAN); production builds it in do_setup.
