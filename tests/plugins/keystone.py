@@ -32,6 +32,19 @@ def load_keystone_module():
     return load_script(KEYSTONE, "zol_tools_keystone")
 
 
+def keystone_cinder(keystone: KeystoneServer, user: str = "admin", version: str = "3.64"):
+    """A cinderclient v3 Client through Keystone (password auth as `user`, catalog lookup)."""
+    from cinderclient import api_versions
+    from cinderclient.v3 import client as v3client
+    return v3client.Client(session=keystone.session(user),
+                           api_version=api_versions.APIVersion(version))
+
+
+def keystone_glance_client(keystone: KeystoneServer, user: str = "admin"):
+    import glanceclient
+    return glanceclient.Client("2", session=keystone.session(user))
+
+
 class KeystoneServer:
     """A running Keystone: URLs, ids, credentials (from its 0600 file) and client sessions."""
 
@@ -92,6 +105,10 @@ def keystone_server(tmp_path_factory):
 def keystone_glance(keystone_server, tmp_path_factory):
     """A real Glance behind Keystone (authtoken middleware), registered as the `image` endpoint."""
     from tests.plugins.glance import GlanceServer, stop_glance
+    reuse = os.environ.get("ZOL_KEYSTONE_GLANCE_STATE")
+    if reuse:
+        yield GlanceServer(json.loads((Path(reuse) / "state.json").read_text()))
+        return
     run_dir = tmp_path_factory.mktemp("glance-ks")
     r = subprocess.run([sys.executable, str(GLANCE_SERVER), "start", "--run-dir", str(run_dir),
                         "--keystone", str(keystone_server.run_dir)],
@@ -113,6 +130,10 @@ def keystone_cinder_stack(sanvm, keystone_server, keystone_glance, tmp_path_fact
     Keystone for image flows; registered as the volumev3 and block-storage endpoints."""
     from tests.plugins.cinder import CinderStack
     mod = cinder_stack_module
+    reuse = os.environ.get("ZOL_KEYSTONE_CINDER_STATE")
+    if reuse:
+        yield CinderStack(mod.load_state(reuse), mod)
+        return
     try:
         state = mod.start(sanvm, tmp_path_factory.mktemp("cinder-ks"), keystone_glance.url,
                           keystone=str(keystone_server.run_dir))
