@@ -3,9 +3,13 @@
 Peer: `disk-image-create -a amd64 -t raw baremetal debian-minimal` (DIB from PyPI, its own venv
 under the cache dir; DIB_RELEASE=bookworm), which yields an ext4 image + vmlinuz + initrd, the
 closest DIB gets to a triplet.  Ours is built with the same generic kernel (linux-image-amd64),
-without boot check or upload, so both do the same job.  One run each, back to back.  Also prints
-our shrunk root fs against `resize2fs -P`'s estimated minimum (a ratio below 1 means tighter than
-what resize2fs -M can reach).
+without boot check or upload, so both do the same job.
+
+One run, four builds: ours cold, DIB cold (each with an EMPTY cache of its own: our package
+cache via --cache-dir, DIB's image cache via DIB_IMAGE_CACHE), then ours warm and DIB warm (each
+reusing the cache its cold build filled).  Prints every time, each cache's state before the
+build, and the ratios ours/DIB cold and warm, plus the host load average.  Also prints our root
+fs against `resize2fs -P`'s estimated minimum (below 1: tighter than resize2fs -M reaches).
 
     python -m bench image_build     (needs root; DIB also needs sudo, kpartx, squashfs-tools,
                                      gdisk, parted - Debian packages)
@@ -63,21 +67,35 @@ def fs_numbers(img: Path) -> dict:
             "resize2fs_min": resize2fs_minimum(img, 2048 * MIB)}
 
 
-def build_ours(out: Path) -> tuple[float, Path]:
+def du(path: Path) -> int:
+    """Bytes below ``path`` (a cache's state)."""
+    total = 0
+    for dirpath, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def build_ours(out: Path, cache_dir: Path) -> tuple[float, Path, dict]:
     start = time.monotonic()
     subprocess.run([sys.executable, "-m", "image_builder.cli", "build", "--output-dir",
                     str(out), "--name", "bench-ours", "--kernel-package", "linux-image-amd64",
                     "--mirror", MIRROR, "--security-mirror", SECURITY_MIRROR, "--no-verify",
-                    "--no-upload"], check=True,
-                   stdout=subprocess.DEVNULL)
-    return time.monotonic() - start, out / "bench-ours" / "bench-ours.img"
+                    "--no-upload", "--cache-dir", str(cache_dir)], check=True,
+                   stdout=subprocess.DEVNULL, cwd=REPO)
+    elapsed = time.monotonic() - start
+    manifest = json.loads((out / "bench-ours" / "manifest.json").read_text())
+    return elapsed, out / "bench-ours" / "bench-ours.img", manifest
 
 
-def build_dib(out: Path) -> tuple[float, Path]:
+def build_dib(out: Path, cache_dir: Path) -> tuple[float, Path]:
     exe = ensure_dib()
     env = dict(os.environ, DIB_RELEASE="bookworm", DIB_DEBIAN_COMPONENTS="main",
                DIB_DISTRIBUTION_MIRROR=MIRROR, DIB_DEBIAN_SECURITY_MIRROR=SECURITY_MIRROR,
-               TMPDIR=str(out),
+               DIB_IMAGE_CACHE=str(cache_dir), TMPDIR=str(out),
                PATH="%s:%s" % (DIB_VENV / "bin", os.environ["PATH"]))
     start = time.monotonic()
     with open(out / "dib.log", "wb") as log:
@@ -93,20 +111,43 @@ def build_dib(out: Path) -> tuple[float, Path]:
 
 def main() -> int:
     base = Path(os.environ.get("ZOL_BENCH_DIR", tempfile.gettempdir()))
+    ensure_dib()
+    result: dict = {"load_before": os.getloadavg(), "seconds": {}, "cache_before": {}}
     with tempfile.TemporaryDirectory(prefix="zol-bench-build-", dir=base) as tmp:
         tmp = Path(tmp)
-        (tmp / "ours").mkdir()
-        (tmp / "dib").mkdir()
-        t_ours, ours_img = build_ours(tmp / "ours")
-        ours = fs_numbers(ours_img)
-        t_dib, dib_img = build_dib(tmp / "dib")
-        dib = fs_numbers(dib_img)
-        result = {"seconds": {"ours": round(t_ours, 1), "dib": round(t_dib, 1)},
-                  "ours": ours, "dib": dib}
+        caches = {"ours": tmp / "cache-ours", "dib": tmp / "cache-dib"}
+        for c in caches.values():
+            c.mkdir()
+        fs = {}
+        for rnd in ("cold", "warm"):
+            for who in ("ours", "dib"):
+                out = tmp / ("%s-%s" % (who, rnd))
+                out.mkdir()
+                result["cache_before"]["%s_%s" % (who, rnd)] = du(caches[who])
+                if who == "ours":
+                    t, img, manifest = build_ours(out, caches["ours"])
+                    result["ours_%s_package_cache" % rnd] = (manifest.get("repro") or {}).get(
+                        "package_cache")
+                else:
+                    t, img = build_dib(out, caches["dib"])
+                result["seconds"]["%s_%s" % (who, rnd)] = round(t, 1)
+                if rnd == "warm":
+                    fs[who] = fs_numbers(img)
+                shutil.rmtree(out, ignore_errors=True)
+        result["load_after"] = os.getloadavg()
+        result["fs"] = fs
         print(json.dumps(result, indent=2))
-        shutil.rmtree(tmp / "dib", ignore_errors=True)
-    print("build time: ours %.0f s, DIB %.0f s, ratio ours/DIB %.2f"
-          % (t_ours, t_dib, t_ours / t_dib))
+    sec = result["seconds"]
+    for rnd in ("cold", "warm"):
+        print("%s: ours %.0f s, DIB %.0f s, ratio ours/DIB %.2f  (cache before: ours %.0f MiB, "
+              "DIB %.0f MiB)" % (rnd, sec["ours_" + rnd], sec["dib_" + rnd],
+                                 sec["ours_" + rnd] / sec["dib_" + rnd],
+                                 result["cache_before"]["ours_" + rnd] / MIB,
+                                 result["cache_before"]["dib_" + rnd] / MIB))
+    print("load average before %s, after %s" % (
+        " ".join("%.1f" % x for x in result["load_before"]),
+        " ".join("%.1f" % x for x in result["load_after"])))
+    ours, dib = fs["ours"], fs["dib"]
     for name, n in (("ours", ours), ("DIB", dib)):
         print("%-4s root fs %.0f MiB holding %.0f MiB (%.1f%% free), %.0f MiB allocated; "
               "resize2fs -P minimum %.0f MiB -> size/minimum %.2f"

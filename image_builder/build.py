@@ -547,7 +547,8 @@ def tool_versions() -> dict[str, str]:
         versions["zol-openstack"] = "unknown"
     for key, argv in (("mmdebstrap", ["mmdebstrap", "--version"]),
                       ("qemu-img", ["qemu-img", "--version"]),
-                      ("e2fsprogs", ["mke2fs", "-V"])):
+                      ("e2fsprogs", ["mke2fs", "-V"]), ("apt", ["apt-get", "--version"]),
+                      ("dpkg", ["dpkg", "--version"])):
         try:
             proc = run.run(argv, check=False)
             text = (proc.stdout or proc.stderr).strip().splitlines()

@@ -87,7 +87,14 @@ def deb_name(name_version: str) -> str:
     return "%s_%s" % (name, version.replace(":", "%3a"))
 
 
-def downloaded(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+def downloaded(before: dict[str, int], after: dict[str, int],
+               installed: list[str] | None = None) -> dict[str, int]:
+    """What a build fetched (.debs new in the cache) and how many installed packages it took
+    from the cache (``installed``: ``name=version``; without it, every cached .deb kept)."""
     new = {k: v for k, v in after.items() if k not in before}
-    return {"debs": len(new), "bytes": sum(new.values()),
-            "cached_debs_used": len(set(before) & set(after))}
+    if installed is None:
+        used = len(set(before) & set(after))
+    else:
+        cached = {k.rsplit("_", 1)[0] for k in before}
+        used = sum(1 for p in installed if deb_name(p) in cached)
+    return {"debs": len(new), "bytes": sum(new.values()), "cached_debs_used": used}

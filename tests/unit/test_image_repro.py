@@ -156,6 +156,8 @@ def test_package_cache_hooks_prune_and_download_count(tmp_path):
     (pc.archives / "new_2_all.deb").write_bytes(b"y" * 7)
     assert cache.downloaded(before, pc.snapshot()) == {"debs": 1, "bytes": 7,
                                                        "cached_debs_used": 3}
+    assert cache.downloaded(before, pc.snapshot(), ["bash=5.2.15-2+b7", "new=2"]) == {
+        "debs": 1, "bytes": 7, "cached_debs_used": 1}
 
 
 def test_mmdebstrap_argv_orders_the_hooks():
