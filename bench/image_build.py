@@ -7,9 +7,11 @@ without boot check or upload, so both do the same job.
 
 One run, four builds: ours cold, DIB cold (each with an EMPTY cache of its own: our package
 cache via --cache-dir, DIB's image cache via DIB_IMAGE_CACHE), then ours warm and DIB warm (each
-reusing the cache its cold build filled).  Prints every time, each cache's state before the
-build, and the ratios ours/DIB cold and warm, plus the host load average.  Also prints our root
-fs against `resize2fs -P`'s estimated minimum (below 1: tighter than resize2fs -M reaches).
+reusing the cache its cold build filled: ours = package cache + tree cache, DIB = its image
+cache).  Prints every time, each cache's state before the build, the ratios ours/DIB cold and
+warm, whether our warm build is bit-identical to the cold one, and the host load average.
+Also prints our root fs against `resize2fs -P`'s estimated minimum (below 1: tighter than
+resize2fs -M reaches).
 
     python -m bench image_build     (needs root; DIB also needs sudo, kpartx, squashfs-tools,
                                      gdisk, parted - Debian packages)
@@ -126,8 +128,12 @@ def main() -> int:
                 result["cache_before"]["%s_%s" % (who, rnd)] = du(caches[who])
                 if who == "ours":
                     t, img, manifest = build_ours(out, caches["ours"])
-                    result["ours_%s_package_cache" % rnd] = (manifest.get("repro") or {}).get(
-                        "package_cache")
+                    rep = manifest.get("repro") or {}
+                    result["ours_%s_package_cache" % rnd] = rep.get("package_cache")
+                    result["ours_%s_tree_cache" % rnd] = rep.get("tree_cache")
+                    result["ours_%s_sha256" % rnd] = {r: f["sha256"] for r, f in
+                                                       manifest["files"].items()}
+                    result["ours_%s_timings" % rnd] = manifest["timings"]
                 else:
                     t, img = build_dib(out, caches["dib"])
                 result["seconds"]["%s_%s" % (who, rnd)] = round(t, 1)
@@ -144,6 +150,8 @@ def main() -> int:
                                  sec["ours_" + rnd] / sec["dib_" + rnd],
                                  result["cache_before"]["ours_" + rnd] / MIB,
                                  result["cache_before"]["dib_" + rnd] / MIB))
+    print("ours warm == ours cold, bit for bit (root, kernel, initrd): %s"
+          % (result["ours_warm_sha256"] == result["ours_cold_sha256"]))
     print("load average before %s, after %s" % (
         " ".join("%.1f" % x for x in result["load_before"]),
         " ".join("%.1f" % x for x in result["load_after"])))

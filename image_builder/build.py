@@ -110,6 +110,7 @@ class Settings:
     libvirt: dict[str, Any] = field(default_factory=dict)
     # Speed and reproducibility (image_builder.cache, image_builder.repro).
     package_cache: bool = True
+    tree_cache: bool = True
     cache_dir: str = ""
     source_date_epoch: int = 0
     # From the recipe (recipe.Recipe): packages removed, what the profile copies/runs, and
@@ -183,7 +184,7 @@ class Settings:
             glance_min_ram=g.min_ram, glance_manifest_url=g.manifest_url,
             glance_import_method=g.import_method, glance_retries=g.retries,
             libvirt={o.dest: getattr(lv, o.dest) for o in opts.libvirt_opts},
-            package_cache=b.package_cache, cache_dir=b.cache_dir,
+            package_cache=b.package_cache, tree_cache=b.tree_cache, cache_dir=b.cache_dir,
             source_date_epoch=b.source_date_epoch)
 
     def public(self) -> dict[str, Any]:
@@ -363,9 +364,15 @@ class Builder:
                 timeout=self.s.install_timeout, progress=self.progress,
                 bootloader=self.s.format != "ami", security_mirror=self.s.security_mirror,
                 updates=self.s.updates, epoch=epoch, package_cache=pcache,
-                fs_inputs=self.result["repro"]["fs_inputs"])
+                fs_inputs=self.result["repro"]["fs_inputs"],
+                tree_cache=cache.TreeCache.for_build(self.s.cache_dir or cache.default_dir(),
+                                                     self.s.release, self.s.arch)
+                if self.s.tree_cache else None,
+                tree_key={k: self.result["repro"][k] for k in ("fs_inputs",
+                                                               "archive_release_dates")})
             self.result["repro"].update(filesystem=installed.get("fs"),
                                         package_cache=installed.get("package_cache"),
+                                        tree_cache=installed.get("tree_cache"),
                                         mmdebstrap_seconds=installed.get("mmdebstrap_seconds"))
             return installed
         from image_builder.install import libvirt as lv

@@ -8,9 +8,14 @@ Superseded versions are pruned after each build, so the cache holds one version 
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import shlex
+import shutil
+import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,3 +103,61 @@ def downloaded(before: dict[str, int], after: dict[str, int],
         cached = {k.rsplit("_", 1)[0] for k in before}
         used = sum(1 for p in installed if deb_name(p) in cached)
     return {"debs": len(new), "bytes": sum(new.values()), "cached_debs_used": used}
+
+
+@dataclass(frozen=True)
+class TreeCache:
+    """Finished trees (after the profile, normalised, before mkfs) keyed by EVERY input: the
+    archive's Release dates, sources, package set, profile, format, SOURCE_DATE_EPOCH, the
+    mmdebstrap version and zol-image's own code.  A hit skips mmdebstrap: mkfs reads the cached
+    tree as it is (it is never written to).  Any change in the archive or the inputs is a miss.
+    ``keep`` entries per release-arch survive (newest first)."""
+
+    root: Path
+    keep: int = 2
+
+    @classmethod
+    def for_build(cls, cache_dir: str, release: str, arch: str) -> TreeCache:
+        return cls(Path(cache_dir) / "trees" / ("%s-%s" % (release, arch)))
+
+    @staticmethod
+    def key(inputs: dict) -> str:
+        code = hashlib.sha256()
+        pkg = Path(__file__).resolve().parent
+        for path in sorted(pkg.rglob("*.py")):
+            code.update(path.relative_to(pkg).as_posix().encode() + b"\0" + path.read_bytes())
+        blob = json.dumps({"inputs": inputs, "code": code.hexdigest()}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+    def lookup(self, key: str) -> Path | None:
+        entry = self.root / key
+        if (entry / "complete").exists():
+            os.utime(entry / "complete")            # newest use first when pruning
+            return entry
+        return None
+
+    def store(self, key: str, tree: Path, extra: dict[str, Path]) -> Path:
+        """Copy ``tree`` (and files such as GRUB's core.img) in, atomically by rename."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        entry = self.root / key
+        tmp = Path(tempfile.mkdtemp(prefix=".store-", dir=self.root))
+        try:
+            subprocess.run(["cp", "-a", "--", str(tree), str(tmp / "tree")], check=True,
+                           capture_output=True)
+            for name, path in extra.items():
+                shutil.copy2(path, tmp / name)
+            (tmp / "complete").write_text(key + "\n")
+            if entry.exists():
+                shutil.rmtree(entry)
+            os.rename(tmp, entry)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self.prune()
+        return entry
+
+    def prune(self) -> None:
+        entries = sorted((p for p in self.root.iterdir() if (p / "complete").exists()),
+                         key=lambda p: (p / "complete").stat().st_mtime, reverse=True)
+        for old in entries[self.keep:]:
+            shutil.rmtree(old, ignore_errors=True)

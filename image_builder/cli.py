@@ -48,6 +48,7 @@ OVERRIDES = {
     "members": ("glance", "members"), "import_method": ("glance", "import_method"),
     "cacert": ("glance", "cacert"), "retries": ("glance", "retries"),
     "package_cache": ("build", "package_cache"), "cache_dir": ("build", "cache_dir"),
+    "tree_cache": ("build", "tree_cache"),
     "source_date_epoch": ("build", "source_date_epoch"),
 }
 
@@ -146,6 +147,9 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--install-timeout", type=int, help="seconds")
     b.add_argument("--package-cache", action=argparse.BooleanOptionalAction, default=None,
                    help="keep .debs and apt lists in CACHE_DIR/apt between builds")
+    b.add_argument("--tree-cache", action=argparse.BooleanOptionalAction, default=None,
+                   help="reuse the finished tree of an identical earlier build (same archive "
+                        "state and inputs): no mmdebstrap")
     b.add_argument("--cache-dir", help="cache directory (default $ZOL_CACHE_DIR or "
                    "~/.cache/zol-openstack)")
     b.add_argument("--source-date-epoch", type=int, help="SOURCE_DATE_EPOCH (default: the "

@@ -12,6 +12,7 @@ import math
 import os
 import posixpath
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -474,7 +475,7 @@ def prepare_grub(tree: str | os.PathLike, core_img: str | os.PathLike) -> None:
     run.run(["chroot", str(tree), "grub-mkimage", "-O", "i386-pc", "-o", "/boot/grub/core.img",
              "-p", "(hd0,msdos1)/boot/grub", "biosdisk", "part_msdos", "ext2", "normal",
              "linux", "serial", "terminal", "configfile", "echo", "test"])
-    os.replace(grub / "core.img", core_img)
+    shutil.move(grub / "core.img", core_img)     # the tree may be on tmpfs
     boot_img = tree / "usr/lib/grub/i386-pc/boot.img"
     Path(core_img).with_name("boot.img").write_bytes(boot_img.read_bytes())
 

@@ -1,7 +1,8 @@
 """`zol-image build --check-repro`: build twice from the same archive state and compare.
 
 The first build runs as configured (verify, upload); the second, with the first one's
-SOURCE_DATE_EPOCH, skips verify and upload and goes to OUTPUT_DIR/.repro-NAME.  Identical:
+SOURCE_DATE_EPOCH, skips verify, upload and the tree cache (it installs afresh) and goes to
+OUTPUT_DIR/.repro-NAME.  Identical:
 the second build is deleted.  Different: it is kept, and the report lists every differing file
 inside the root filesystem (not only the hashes).  The report is written to
 OUTPUT_DIR/NAME/repro-check.json.
@@ -35,8 +36,9 @@ def check(settings: build.Settings, fault: str | None = None) -> dict[str, Any]:
     second_dir = Path(settings.output_dir).resolve() / (".repro-%s" % first.name)
     if second_dir.exists():
         run.remove_tree(second_dir)
+    # The second build installs afresh (never from the tree cache the first one filled).
     s2 = dataclasses.replace(settings, output_dir=str(second_dir), verify=False, upload=False,
-                             source_date_epoch=epoch)
+                             source_date_epoch=epoch, tree_cache=False)
     LOG.info("check-repro: second build with SOURCE_DATE_EPOCH=%d in %s", epoch, second_dir)
     second = build.Builder(s2)
     m2 = second.run()

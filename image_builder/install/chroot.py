@@ -67,7 +67,8 @@ def install(*, workdir: Path, release: str, arch: str, mirror: str, packages: li
             timeout: float, progress=None, bootloader: bool = False,
             security_mirror: str = "", updates: bool = False, epoch: int | None = None,
             package_cache: cache.PackageCache | None = None,
-            fs_inputs: dict | None = None) -> dict:
+            fs_inputs: dict | None = None, tree_cache: cache.TreeCache | None = None,
+            tree_key: dict | None = None) -> dict:
     """Build the image straight from the tree; return what the manifest needs.
 
     AMI (``bootloader`` false): ``workdir/root.img`` is the mkfs output itself (sized from the
@@ -75,15 +76,48 @@ def install(*, workdir: Path, release: str, arch: str, mirror: str, packages: li
     ``workdir/disk.raw`` is a DOS disk whose partition 1 mkfs fills in place (``-E offset``),
     GRUB in the MBR gap.  With ``epoch`` the result is reproducible (see image_builder.repro).
     """
+    todo = packages + (["grub-pc-bin"] if bootloader else []) + customize.packages_for(profile)
+    key = entry = None
+    if tree_cache is not None:
+        key = cache.TreeCache.key(dict(tree_key or {}, packages=sorted(set(todo)),
+                                       bootloader=bootloader, epoch=epoch,
+                                       mmdebstrap=_mmdebstrap_version()))
+        entry = tree_cache.lookup(key)
+    if entry is not None:
+        LOG.info("tree cache hit %s: no mmdebstrap (same archive state and inputs)", entry)
+        if bootloader:
+            for name in ("core.img", "boot.img"):
+                shutil.copyfile(entry / name, workdir / name)
+        result = {"packages": package_list(entry / "tree"),
+                  "tree_cache": {"hit": True, "key": key}}
+        result.update(_filesystem(entry / "tree", workdir=workdir, disk_mb=disk_mb, slack=slack,
+                                  bootloader=bootloader, epoch=epoch, fs_inputs=fs_inputs))
+        return result
     tree = tree_dir(workdir)
     try:
-        return _install(tree, workdir=workdir, release=release, arch=arch, mirror=mirror,
-                        packages=packages, profile=profile, disk_mb=disk_mb, slack=slack,
-                        timeout=timeout, progress=progress, bootloader=bootloader,
-                        security_mirror=security_mirror, updates=updates, epoch=epoch,
-                        package_cache=package_cache, fs_inputs=fs_inputs)
+        result = _bootstrap(tree, workdir=workdir, release=release, arch=arch, mirror=mirror,
+                            packages=todo, profile=profile, timeout=timeout, progress=progress,
+                            bootloader=bootloader, security_mirror=security_mirror,
+                            updates=updates, epoch=epoch, package_cache=package_cache)
+        result.update(_filesystem(tree, workdir=workdir, disk_mb=disk_mb, slack=slack,
+                                  bootloader=bootloader, epoch=epoch, fs_inputs=fs_inputs))
+        if tree_cache is not None and key:
+            start = time.monotonic()
+            tree_cache.store(key, tree, {n: workdir / n for n in ("core.img", "boot.img")}
+                             if bootloader else {})
+            result["tree_cache"] = {"hit": False, "key": key,
+                                    "store_seconds": round(time.monotonic() - start, 1)}
+            LOG.info("tree stored in the tree cache in %.1f s", time.monotonic() - start)
+        return result
     finally:
         run.remove_tree(tree)
+
+
+def _mmdebstrap_version() -> str:
+    try:
+        return run.out(["mmdebstrap", "--version"]).strip()
+    except exception.ImageBuilderError:
+        return "unknown"
 
 
 TMPFS = "/dev/shm"
@@ -110,18 +144,16 @@ def tree_dir(workdir: Path, tmpfs: str = TMPFS) -> Path:
     return tree
 
 
-def _install(tree: Path, *, workdir: Path, release: str, arch: str, mirror: str,
-             packages: list[str], profile: customize.Profile, disk_mb: int, slack: float,
-             timeout: float, progress, bootloader: bool, security_mirror: str, updates: bool,
-             epoch: int | None, package_cache: cache.PackageCache | None,
-             fs_inputs: dict | None) -> dict:
+def _bootstrap(tree: Path, *, workdir: Path, release: str, arch: str, mirror: str,
+               packages: list[str], profile: customize.Profile, timeout: float, progress,
+               bootloader: bool, security_mirror: str, updates: bool, epoch: int | None,
+               package_cache: cache.PackageCache | None) -> dict:
+    """mmdebstrap + the profile into ``tree``; normalised; GRUB's images made (BARE)."""
     conf = workdir / "profile.json"
     conf.write_text(profile.to_json())
     hook = workdir / "customize-hook"
     hook.write_text(customize.hook_script(conf))
     hook.chmod(0o755)
-    if bootloader:
-        packages = packages + ["grub-pc-bin"]
     before = {}
     extra: list[str] = []
     if package_cache is not None:
@@ -129,7 +161,7 @@ def _install(tree: Path, *, workdir: Path, release: str, arch: str, mirror: str,
         before = package_cache.snapshot()
         extra = package_cache.mmdebstrap_args()
     argv = mmdebstrap_argv(release, arch, sources(release, mirror, security_mirror, updates),
-                           packages + customize.packages_for(profile), str(tree), str(hook),
+                           packages, str(tree), str(hook),
                            extra=extra, eatmydata=os.path.isdir(EATMYDATA_HOOKS),
                            defer_initramfs=True)
     env = {"SOURCE_DATE_EPOCH": str(epoch)} if epoch is not None else {}
@@ -146,16 +178,22 @@ def _install(tree: Path, *, workdir: Path, release: str, arch: str, mirror: str,
         LOG.info("package cache %s: %d .debs from the cache, %d downloaded (%.1f MiB)",
                  package_cache.root, result["package_cache"]["cached_debs_used"],
                  result["package_cache"]["debs"], result["package_cache"]["bytes"] / disk.MIB)
+    if bootloader:
+        disk.prepare_grub(tree, workdir / "core.img")
+    if epoch is not None:
+        result["normalised_inodes"] = repro.normalise_tree(tree, epoch)
+    return result
+
+
+def _filesystem(tree: Path, *, workdir: Path, disk_mb: int, slack: float, bootloader: bool,
+                epoch: int | None, fs_inputs: dict | None) -> dict:
+    """mkfs the (normalised) tree into the output: AMI root fs or the BARE disk's partition."""
+    result: dict = {}
     mkfs_start = time.monotonic()
     ids = repro.fs_ids(fs_inputs or {}) if epoch is not None else {}
     mkfs_env = repro.mkfs_env(epoch) if epoch is not None else {"LC_ALL": "C"}
-    if epoch is not None:
-        result["normalised_inodes"] = repro.normalise_tree(tree, epoch)
     if bootloader:
         core_img = workdir / "core.img"
-        disk.prepare_grub(tree, core_img)
-        if epoch is not None:
-            repro.normalise_tree(tree / "boot", epoch)
         disk_raw = workdir / "disk.raw"
         part = disk.new_partitioned_disk(disk_raw, disk_mb * disk.MIB,
                                          label_id="0x" + ids["uuid"][:8] if ids else None)

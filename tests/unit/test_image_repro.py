@@ -191,3 +191,24 @@ def test_deferred_initramfs_is_created_once_by_the_profile(tmp_path):
     assert customize.restore_initramfs(root, runner=undivert) is True
     assert (root / "usr/sbin/update-initramfs").read_text() == "real"
     assert commands[-1][:2] == ["dpkg-divert", "--quiet"]
+
+
+def test_tree_cache_keys_store_lookup_and_prune(tmp_path):
+    tc = cache.TreeCache.for_build(str(tmp_path), "bookworm", "amd64")
+    k1 = cache.TreeCache.key({"archive": {"u": "2026-07-11"}, "packages": ["a"]})
+    assert k1 == cache.TreeCache.key({"packages": ["a"], "archive": {"u": "2026-07-11"}})
+    assert k1 != cache.TreeCache.key({"archive": {"u": "2026-07-12"}, "packages": ["a"]})
+    assert tc.lookup(k1) is None
+    tree = make_tree(tmp_path / "t")
+    os.link(tree / "etc/hostname", tree / "etc/hostname.hard")
+    extra = tmp_path / "core.img"
+    extra.write_bytes(b"grub")
+    entry = tc.store(k1, tree, {"core.img": extra})
+    assert tc.lookup(k1) == entry and (entry / "core.img").read_bytes() == b"grub"
+    assert repro.tree_listing(entry / "tree") == repro.tree_listing(tree)   # cp -a: all kept
+    assert os.stat(entry / "tree/etc/hostname").st_ino == \
+        os.stat(entry / "tree/etc/hostname.hard").st_ino
+    for i in range(3):
+        time.sleep(0.01)
+        tc.store("k%d" % i, tree, {})
+    assert sorted(p.name for p in tc.root.iterdir()) == ["k1", "k2"]      # keep = 2
