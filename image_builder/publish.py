@@ -169,7 +169,13 @@ def publish(build_dir: str | os.PathLike, client: Any, pub: Publication, *,
     elapsed = time.monotonic() - start
     root_id = ids.get("root") or ids["disk"]
     series = props["root" if "root" in props else "disk"]["image_series"]
-    rotation = publisher.rotate(series, root_id, pub.options.keep)
+    try:
+        rotation = publisher.rotate(series, root_id, pub.options.keep)
+    except Exception as exc:     # published all the same: say what is left to do
+        LOG.error("published, but the rotation of %r failed: %s: %s; older publications may "
+                  "still be visible: `zol-image list --series %r`, `zol-image retire`", series,
+                  type(exc).__name__, exc, series)
+        rotation = {"error": "%s: %s" % (type(exc).__name__, exc)}
     size = sum(f.size for f in files.values())
     record: dict[str, Any] = dict(ids, name=names.get("root") or names["disk"],
                                   series=series, version=props["root" if "root" in props
