@@ -212,3 +212,18 @@ def test_tree_cache_keys_store_lookup_and_prune(tmp_path):
         time.sleep(0.01)
         tc.store("k%d" % i, tree, {})
     assert sorted(p.name for p in tc.root.iterdir()) == ["k1", "k2"]      # keep = 2
+
+
+@pytest.mark.parametrize("profile", ["cloud", "none"])
+def test_deferred_initramfs_replaces_the_profile_update(tmp_path, monkeypatch, profile):
+    """One initramfs: after the diverted install, the profile CREATES it once (its own
+    `update-initramfs -u` would find none to update); a profile without one still gets it."""
+    commands = []
+    monkeypatch.setattr(customize, "_chroot", lambda root, *argv: commands.append(list(argv)))
+    customize.apply(tmp_path, customize.Profile(profile=profile), initramfs_deferred=True)
+    initramfs = [c for c in commands if c[0] == "update-initramfs"]
+    assert initramfs == [list(customize.CREATE_INITRAMFS)]
+    commands.clear()
+    customize.apply(tmp_path, customize.Profile(profile=profile))
+    assert [c for c in commands if c[0] == "update-initramfs"] == (
+        [list(customize.UPDATE_INITRAMFS)] if profile == "cloud" else [])
