@@ -34,7 +34,7 @@ from cinder.volume import driver, volume_utils
 from cinder.volume.drivers.san import san
 from oslo_config import cfg
 
-from zol_driver import exception, image_transfer, opts, ssh, zfs
+from zol_driver import exception, image_transfer, opts, policy, ssh, zfs
 from zol_driver.targets import tgt
 
 LOG = logging.getLogger(__name__)
@@ -44,6 +44,8 @@ GIB = 1024 ** 3
 LUN = 1
 HIDDEN_PREFIX = "deleted-"
 CLONE_SNAP_PREFIX = "clone-"
+RETYPE_NEW_SUFFIX = ".retype"
+RETYPE_OLD_SUFFIX = ".retype-old"
 STATS_PROPS = ("name", "type", "used", "available", "volsize", "zol:deleted")
 _ALNUM = string.ascii_letters + string.digits
 
@@ -72,6 +74,11 @@ def _object_id(args: tuple, kwargs: dict, key: str = "id") -> str:
 # callers look for these; everything else is VolumeBackendAPIException).
 _EXPORT_OPS = ("create_export", "ensure_export", "remove_export", "extend_volume",
                "revert_to_snapshot")
+
+
+def opts_volume_name(volume_id: str) -> str:
+    """Cinder's name of a volume id (volume_name_template, 'volume-%s' by default)."""
+    return CONF.volume_name_template % volume_id
 
 
 def _snapshot_known(sid: str) -> bool:
@@ -339,44 +346,132 @@ class ZFSonLinuxISCSIDriver(image_transfer.LibiscsiImageTransferMixin, driver.IS
 
     # -- volumes --------------------------------------------------------------------------------
 
+    # -- volume types (zol:* extra specs, provisioning:type) ---------------------------------
+
+    @staticmethod
+    def _type_specs(vtype: Any) -> tuple[str, dict]:
+        if not vtype:
+            return "(no type)", {}
+        try:
+            name, specs = vtype["name"], vtype["extra_specs"]
+        except (KeyError, TypeError, AttributeError):
+            return "(no type)", {}
+        return str(name), dict(specs or {})
+
+    def _volume_type(self, volume: Any) -> Any:
+        try:
+            return volume["volume_type"]
+        except (KeyError, TypeError, AttributeError, cinder_exception.CinderException):
+            return None
+
+    def _policy_of_type(self, vtype: Any) -> policy.Policy:
+        """The type's policy; a bad spec is refused before anything happens on the SAN."""
+        name, specs = self._type_specs(vtype)
+        try:
+            return policy.parse(name, specs)
+        except policy.PolicyError as exc:
+            LOG.error("%s", exc)
+            raise cinder_exception.InvalidVolumeType(reason=str(exc)) from exc
+
+    def _policy(self, volume: Any) -> policy.Policy:
+        return self._policy_of_type(self._volume_type(volume))
+
+    def _is_thin(self, pol: policy.Policy) -> bool:
+        return self._thin if pol.thin is None else pol.thin
+
+    def _blocksize(self, pol: policy.Policy) -> int | None:
+        return pol.volblocksize or self.configuration.zol_volblocksize or None
+
+    @staticmethod
+    def _metadata_update(volume: Any, pol: policy.Policy, thin: bool) -> dict:
+        """The volume's metadata with its ZFS policy (zol:* keys) replaced; other keys kept."""
+        try:
+            current = dict(volume["metadata"] or {})
+        except (KeyError, TypeError, AttributeError):
+            current = {}
+        md = {k: v for k, v in current.items() if not k.startswith(policy.SCOPE)}
+        md.update(pol.metadata(thin))
+        return {"metadata": md}
+
+    def _apply_props(self, ds: str, pol: policy.Policy, thin: bool) -> None:
+        """Set a policy on an existing zvol (copies made by send | recv, managed zvols)."""
+        assert self.zfs is not None
+        for name, value in pol.create_props().items():
+            self.zfs.set_prop(ds, name, value)
+        self.zfs.set_refreservation(ds, not thin)
+
+    def get_volume_properties(self, volume: Any) -> dict:
+        """What ZFS has for the volume (zfs get): its policy as applied on the SAN."""
+        assert self.zfs is not None
+        return self.zfs.get(self._ds(volume["name"]), zfs.POLICY_PROPS)
+
+    # -- volumes --------------------------------------------------------------------------------
+
     @_translate
     def create_volume(self, volume: Any) -> dict | None:
         assert self.zfs is not None
+        pol = self._policy(volume)
+        thin = self._is_thin(pol)
         ds = self._ds(volume["name"])
         try:
-            self.zfs.create_volume(ds, int(volume["size"]) * GIB, sparse=self._thin,
-                                   blocksize=self.configuration.zol_volblocksize or None)
+            self.zfs.create_volume(ds, int(volume["size"]) * GIB, sparse=thin,
+                                   blocksize=self._blocksize(pol), props=pol.create_props())
         except exception.DatasetExists:
             if not self._existing_ok(ds, int(volume["size"])):
                 raise
-        return None
+        LOG.info("created %s (%d GiB, %s, volblocksize %s, %s)", ds, int(volume["size"]),
+                 "thin" if thin else "thick", self._blocksize(pol) or "default",
+                 ", ".join(f"{k}={v}" for k, v in pol.create_props().items()) or
+                 "properties inherited")
+        return self._metadata_update(volume, pol, thin)
 
-    def _clone_from(self, snap: str, ds: str, size_gb: int) -> None:
-        """Make DS a new volume with SNAP's content (clone or independent copy)."""
+    def _clone_from(self, snap: str, ds: str, size_gb: int,
+                    pol: policy.Policy | None = None, type_name: str = "") -> bool:
+        """Make DS a new volume with SNAP's content (clone or independent copy) and the
+        policy's properties; returns whether it is thin."""
         assert self.zfs is not None
+        pol = pol or policy.Policy()
+        thin = self._is_thin(pol)
+        src = self.zfs.get(snap, ("volsize", "volblocksize"))
+        if pol.volblocksize and src.get("volblocksize") and \
+                pol.volblocksize != src["volblocksize"]:
+            raise cinder_exception.InvalidVolumeType(reason=(
+                f"volume type {type_name!r}: extra spec zol:volblocksize={pol.volblocksize} "
+                f"differs from the source's volblocksize {src['volblocksize']}, which a "
+                "clone or copy keeps: create the volume from a type without "
+                "zol:volblocksize (or with the source's), then retype it"))
         try:
             if self.configuration.zol_clone_mode == "copy":
                 self.zfs.copy(snap, ds)
                 # recv brings DS@<snapname> along: an independent copy keeps no snapshot.
                 self.zfs.destroy(f"{ds}@{snap.partition('@')[2]}")
+                for name, value in pol.create_props().items():
+                    self.zfs.set_prop(ds, name, value)
             else:
-                self.zfs.clone(snap, ds)
+                self.zfs.clone(snap, ds, props=pol.create_props())
         except exception.DatasetExists:
             if self._existing_ok(ds, size_gb):
-                return
+                return thin
             raise
-        src_size = self.zfs.get(snap, ("volsize",)).get("volsize")
-        self._finish_new_volume(ds, size_gb, src_size)
+        self._set_size(ds, size_gb, src.get("volsize"))
+        if not thin:
+            self.zfs.set_refreservation(ds, True)
+        return thin
 
     @_translate
     def create_volume_from_snapshot(self, volume: Any, snapshot: Any) -> dict | None:
         # The NEW volume's name (the 2012 driver cloned to the snapshot's name).
-        self._clone_from(self._snap(snapshot), self._ds(volume["name"]), int(volume["size"]))
-        return None
+        pol = self._policy(volume)
+        name, _ = self._type_specs(self._volume_type(volume))
+        thin = self._clone_from(self._snap(snapshot), self._ds(volume["name"]),
+                                int(volume["size"]), pol, name)
+        return self._metadata_update(volume, pol, thin)
 
     @_translate
     def create_cloned_volume(self, volume: Any, src_vref: Any) -> dict | None:
         assert self.zfs is not None
+        pol = self._policy(volume)
+        name, _ = self._type_specs(self._volume_type(volume))
         src = self._ds(src_vref["name"])
         tmp = f"{src}@{CLONE_SNAP_PREFIX}{volume['id']}"
         try:
@@ -384,11 +479,12 @@ class ZFSonLinuxISCSIDriver(image_transfer.LibiscsiImageTransferMixin, driver.IS
         except exception.DatasetExists:
             pass
         try:
-            self._clone_from(tmp, self._ds(volume["name"]), int(volume["size"]))
+            thin = self._clone_from(tmp, self._ds(volume["name"]), int(volume["size"]),
+                                    pol, name)
         finally:
             # Clone mode: ZFS keeps it until the clone is deleted; copy mode: gone now.
             self.zfs.destroy(tmp, deferred=True)
-        return None
+        return self._metadata_update(volume, pol, thin)
 
     @_translate
     def delete_volume(self, volume: Any) -> None:
@@ -570,7 +666,8 @@ class ZFSonLinuxISCSIDriver(image_transfer.LibiscsiImageTransferMixin, driver.IS
         c = self.configuration
         ds = self._ds(volume["name"])
         iqn = self._iqn(volume)
-        info, _ = self._parallel(functools.partial(self.zfs.info, ds, ("name", "type")),
+        info, _ = self._parallel(functools.partial(self.zfs.info, ds,
+                                                   ("name", "type", "refreservation")),
                                  functools.partial(self._wait_zvol, ds, quiet=not create))
         if info is None:
             if create:
@@ -579,14 +676,16 @@ class ZFSonLinuxISCSIDriver(image_transfer.LibiscsiImageTransferMixin, driver.IS
             return None
         chap = self._chap_for(volume, create)
         initiators = list(c.zol_target_initiators) or ["ALL"]
+        # thin or thick as the zvol is (its type's provisioning:type, or the backend's)
+        thin = not info.get("refreservation")
         made = self.tgt.export(ds, iqn, str(volume["id"]), LUN, chap, initiators,
-                               thin=self._thin, unmap=self._discard,
+                               thin=thin, unmap=self._discard and thin,
                                write_cache=c.safe_get("iscsi_write_cache") != "off")
         update = {"provider_location": self._location(made.tid, iqn, LUN),
                   "provider_auth": f"CHAP {chap.user} {chap.secret}" if chap else None}
         LOG.info("exported %s as %s (tid %d, CHAP %s, UNMAP %s)", ds, iqn, made.tid,
                  "on" if chap else "off", "yes" if made.unmap else "no")
-        if self._discard and not made.unmap:
+        if self._discard and thin and not made.unmap:
             LOG.warning("%s: its LUN existed before without UNMAP and keeps its parameters "
                         "until it is exported again", ds)
         return update
@@ -657,6 +756,242 @@ class ZFSonLinuxISCSIDriver(image_transfer.LibiscsiImageTransferMixin, driver.IS
             attachments = volume.get("volume_attachment")
         return len(attachments or []) > 1
 
+    # -- retype / migration ---------------------------------------------------------------------
+
+    @staticmethod
+    def _attachments(volume: Any) -> list:
+        try:
+            return list(volume["volume_attachment"] or [])
+        except (KeyError, TypeError, AttributeError):
+            return []
+
+    def _same_backend(self, host: Any) -> bool:
+        want = volume_utils.extract_host((host or {}).get("host", ""), "backend")
+        mine = volume_utils.extract_host(getattr(self, "host", "") or "", "backend")
+        return not want or not mine or want == mine
+
+    @_translate
+    def retype(self, context: Any, volume: Any, new_type: Any, diff: Any,
+               host: Any) -> bool | tuple[bool, dict | None]:
+        """Change the volume's ZFS policy where it is (policy.plan_retype):
+
+        * changeable properties: ``zfs set`` / ``zfs inherit`` (new writes use them);
+        * thin <-> thick: refreservation none/auto (ZFS refuses auto without the space);
+        * volblocksize: a new zvol with the new type's policy, a block copy on the SAN
+          (zol-wrapper copy-data), then the new zvol takes the volume's name - only for a
+          detached volume without snapshots and with zol_retype_copy; else False: Cinder
+          migrates, as its migration_policy allows (never: the retype is refused).
+        """
+        assert self.zfs is not None
+        ds = self._ds(volume["name"])
+        new = self._policy_of_type(new_type)
+        try:
+            old = self._policy(volume)
+        except cinder_exception.InvalidVolumeType:
+            old = policy.Policy()   # a type made invalid later: set everything the new has
+        rows = self.zfs.tree(ds, (*zfs.VOLUME_PROPS, "volblocksize"))
+        if not rows:
+            raise exception.DatasetNotFound(command=("zfs", "list", ds), exit_code=1,
+                                            stderr=f"{ds} does not exist", stdout="")
+        plan = policy.plan_retype(
+            old, new, self._thin, rows[0].get("volblocksize"),
+            same_backend=self._same_backend(host), has_snapshots=len(rows) > 1,
+            attached=bool(self._attachments(volume)),
+            copy_allowed=bool(self.configuration.zol_retype_copy))
+        new_name, _ = self._type_specs(new_type)
+        LOG.info("retype %s to %r: %s %s", ds, new_name, plan.kind, plan.reason)
+        if plan.kind == "migrate":
+            return False
+        if plan.kind == "copy":
+            self._retype_copy(volume, ds, new, int(rows[0]["volsize"]))
+        elif plan.kind == "in-place":
+            if plan.thick is not None:
+                self.zfs.set_refreservation(ds, plan.thick)
+            for name, value in sorted(plan.set.items()):
+                self.zfs.set_prop(ds, name, value)
+            for name in plan.inherit:
+                self.zfs.inherit_prop(ds, name)
+        return True, self._metadata_update(volume, new, self._is_thin(new))
+
+    def _retype_copy(self, volume: Any, ds: str, new: policy.Policy, volsize: int) -> None:
+        """volblocksize change: new zvol, SAN-side block copy, names swapped."""
+        assert self.zfs is not None and self.tgt is not None
+        tmp, old = ds + RETYPE_NEW_SUFFIX, ds + RETYPE_OLD_SUFFIX
+        thin = self._is_thin(new)
+        self.zfs.destroy(tmp)          # a leftover of an interrupted retype (never the volume)
+        self.zfs.create_volume(tmp, volsize, sparse=thin, blocksize=self._blocksize(new),
+                               props=new.create_props())
+        try:
+            self.tgt.unexport(self._iqn(volume))   # detached: nothing may write meanwhile
+            self._wait_zvol(tmp)
+            self.zfs.copy_data(ds, tmp)
+            self.zfs.rename(ds, old)
+        except Exception:
+            self.zfs.destroy(tmp)
+            raise
+        try:
+            self.zfs.rename(tmp, ds)
+        except Exception:
+            self.zfs.rename(old, ds)
+            self.zfs.destroy(tmp)
+            raise
+        rows = self.zfs.tree(old)
+        origin = rows[0].get("origin") if rows else None
+        self._destroy_or_hide(old, rows)
+        if origin:
+            self._collect(origin.partition("@")[0])
+        LOG.info("retyped %s by a copy on the SAN (volblocksize %s)", ds, new.volblocksize)
+
+    @_translate
+    def migrate_volume(self, context: Any, volume: Any, host: Any) -> tuple[bool, dict | None]:
+        """Driver-assisted migration to another zol backend on the same SAN and pool:
+        ``zfs rename`` between the two configured parents (snapshots come along, no data
+        moves).  Anything else: (False, None), Cinder copies generically."""
+        assert self.zfs is not None and self.tgt is not None
+        caps = (host or {}).get("capabilities") or {}
+        loc = str(caps.get("location_info") or "")
+        kind, _, rest = loc.partition(":")
+        san, _, parent = rest.rpartition(":")
+        mine = self.configuration.san_ip or "local"
+        if kind != "ZFSonLinuxISCSIDriver" or san != mine or not parent or \
+                parent == self.zfs.parent or \
+                parent.split("/")[0] != self.zfs.parent.split("/")[0] or \
+                self._attachments(volume):
+            LOG.info("migrate %s to %s: not on this SAN's pool (or attached): Cinder copies",
+                     volume["name"], loc or "?")
+            return False, None
+        ds = self._ds(volume["name"])
+        target = f"{parent}/{volume['name']}"
+        pol = self._policy(volume)
+        dest_thin = (caps.get("zol_default_provisioning", "thin") == "thin"
+                     if pol.thin is None else pol.thin)
+        self.tgt.unexport(self._iqn(volume))
+        self.zfs.move(ds, target, thick=not dest_thin)
+        LOG.info("migrated %s to %s by zfs rename", ds, target)
+        return True, self._metadata_update(volume, pol, dest_thin)
+
+    @_translate
+    def update_migrated_volume(self, ctxt: Any, volume: Any, new_volume: Any,
+                               original_volume_status: Any) -> dict:
+        """After a generic migration the new zvol takes the original's name when it is free
+        (the original was on another backend); otherwise Cinder keeps the new name_id."""
+        assert self.zfs is not None
+        current = self._ds(new_volume["name"])
+        wanted = self._ds(opts_volume_name(volume["id"]))
+        if current != wanted and not self.zfs.exists(wanted) and self.zfs.exists(current):
+            try:
+                self.zfs.rename(current, wanted)
+                return {"_name_id": None, "provider_location": None}
+            except exception.ZolException as exc:
+                LOG.warning("could not rename %s to %s: %s", current, wanted, exc)
+        return {"_name_id": new_volume["_name_id"] or new_volume["id"],
+                "provider_location": new_volume["provider_location"]}
+
+    # -- groups (consistent group snapshots) ----------------------------------------------------
+
+    @staticmethod
+    def _cg(group: Any) -> bool:
+        return bool(volume_utils.is_group_a_cg_snapshot_type(group))
+
+    @_translate
+    def create_group(self, context: Any, group: Any) -> dict:
+        """Nothing on the SAN: a group is Cinder's list of volumes.  Only groups of a type
+        with consistent_group_snapshot_enabled are ours (others: Cinder's generic groups)."""
+        if not self._cg(group):
+            raise NotImplementedError()
+        return {"status": "available"}
+
+    @_translate
+    def update_group(self, context: Any, group: Any, add_volumes: Any = None,
+                     remove_volumes: Any = None) -> tuple:
+        if not self._cg(group):
+            raise NotImplementedError()
+        return None, None, None
+
+    @_translate
+    def delete_group(self, context: Any, group: Any, volumes: Any) -> tuple:
+        if not self._cg(group):
+            raise NotImplementedError()
+        updates = []
+        status = "deleted"
+        for v in volumes:
+            try:
+                self.delete_volume(v)
+                updates.append({"id": v["id"], "status": "deleted"})
+            except cinder_exception.CinderException as exc:
+                LOG.error("group %s: deleting %s failed: %s", group["id"], v["id"], exc)
+                updates.append({"id": v["id"], "status": "error_deleting"})
+                status = "error_deleting"
+        return {"status": status}, updates
+
+    @_translate
+    def create_group_snapshot(self, context: Any, group_snapshot: Any,
+                              snapshots: Any) -> tuple:
+        """All snapshots in ONE ``zfs snapshot a@s1 b@s2 ...``: one transaction group, so the
+        set is crash-consistent (writes to the volumes are either in all or in none)."""
+        assert self.zfs is not None
+        if not self._cg(group_snapshot):
+            raise NotImplementedError()
+        names = [self._snap(s) for s in snapshots]
+        if len(names) == 1:
+            self.zfs.snapshot(names[0])
+        elif names:
+            self.zfs.snapshot_many(names)
+        LOG.info("group snapshot %s: %s", group_snapshot["id"], " ".join(names))
+        return ({"status": "available"},
+                [{"id": s["id"], "status": "available"} for s in snapshots])
+
+    @_translate
+    def delete_group_snapshot(self, context: Any, group_snapshot: Any, snapshots: Any) -> tuple:
+        """Like single snapshots: deferred destroy, so a snapshot with clones goes with its
+        last clone (never fails, never loses a clone's data)."""
+        if not self._cg(group_snapshot):
+            raise NotImplementedError()
+        for s in snapshots:
+            self.delete_snapshot(s)
+        return ({"status": "deleted"}, [{"id": s["id"], "status": "deleted"} for s in snapshots])
+
+    @_translate
+    def create_group_from_src(self, context: Any, group: Any, volumes: Any,
+                              group_snapshot: Any = None, snapshots: Any = None,
+                              source_group: Any = None, source_vols: Any = None) -> tuple:
+        """From a group snapshot: each volume a clone of its snapshot.  From a source group:
+        one atomic group snapshot of the sources first (consistent like a group snapshot),
+        then the clones."""
+        assert self.zfs is not None
+        if not self._cg(group):
+            raise NotImplementedError()
+        updates = []
+        if group_snapshot is not None:
+            by_id = {s["id"]: s for s in snapshots or []}
+            for v in volumes:
+                snap = by_id.get(v["snapshot_id"])
+                if snap is None:
+                    raise exception.ZolException(f"group {group['id']}: no snapshot for "
+                                                 f"volume {v['id']}")
+                upd = self.create_volume_from_snapshot(v, snap) or {}
+                updates.append({"id": v["id"], "status": "available", **upd})
+            return {"status": "available"}, updates
+        src_by_id = {s["id"]: s for s in source_vols or []}
+        pairs = [(v, src_by_id[v["source_volid"]]) for v in volumes]
+        tmps = [f"{self._ds(src['name'])}@{CLONE_SNAP_PREFIX}{v['id']}" for v, src in pairs]
+        if len(tmps) > 1:
+            # one name per command: the wrapper's group form has distinct volumes
+            self.zfs.snapshot_many(tmps)
+        elif tmps:
+            self.zfs.snapshot(tmps[0])
+        try:
+            for (v, _src), tmp in zip(pairs, tmps):
+                pol = self._policy(v)
+                name, _ = self._type_specs(self._volume_type(v))
+                thin = self._clone_from(tmp, self._ds(v["name"]), int(v["size"]), pol, name)
+                updates.append({"id": v["id"], "status": "available",
+                                **self._metadata_update(v, pol, thin)})
+        finally:
+            for tmp in tmps:
+                self.zfs.destroy(tmp, deferred=True)
+        return {"status": "available"}, updates
+
     # -- stats ----------------------------------------------------------------------------------
 
     def get_volume_stats(self, refresh: bool = False) -> dict:
@@ -676,9 +1011,12 @@ class ZFSonLinuxISCSIDriver(image_transfer.LibiscsiImageTransferMixin, driver.IS
             "pool_name": self.backend_name,
             "reserved_percentage": c.reserved_percentage,
             "max_over_subscription_ratio": c.max_over_subscription_ratio,
-            "thin_provisioning_support": self._thin,
-            "thick_provisioning_support": not self._thin,
+            # each volume type chooses (provisioning:type); san_thin_provision is the default
+            "thin_provisioning_support": True,
+            "thick_provisioning_support": True,
+            "zol_default_provisioning": "thin" if self._thin else "thick",
             "multiattach": True, "QoS_support": False,
+            "consistent_group_snapshot_enabled": True,
             # One target per volume: os-brick needs no per-host lock around (dis)connects.
             "shared_targets": False,
             "location_info": f"ZFSonLinuxISCSIDriver:{c.san_ip or 'local'}:{self.zfs.parent}",
@@ -764,13 +1102,27 @@ class ZFSonLinuxISCSIDriver(image_transfer.LibiscsiImageTransferMixin, driver.IS
 
     @_translate
     def manage_existing(self, volume: Any, existing_ref: Any) -> dict | None:
+        """Take the zvol over under Cinder's name and give it the volume type's policy
+        (properties set, refreservation per provisioning:type); a zol:volblocksize other
+        than the zvol's is refused before anything changes (it is fixed at create)."""
         assert self.zfs is not None
+        pol = self._policy(volume)
         info = self._existing_volume(existing_ref)
         self._refuse_managed_volume(volume, info, existing_ref)
+        if pol.volblocksize:
+            have = self.zfs.get(info["name"], ("volblocksize",)).get("volblocksize")
+            if have != pol.volblocksize:
+                name, _ = self._type_specs(self._volume_type(volume))
+                raise cinder_exception.ManageExistingVolumeTypeMismatch(reason=(
+                    f"volume type {name!r}: zol:volblocksize={pol.volblocksize} but the zvol "
+                    f"has volblocksize {have} (fixed at create): manage it with a type "
+                    "without zol:volblocksize, then retype it"))
         target = self._ds(volume["name"])
         if info["name"] != target:
             self.zfs.rename(info["name"], target)
-        return None
+        thin = self._is_thin(pol)
+        self._apply_props(target, pol, thin)
+        return self._metadata_update(volume, pol, thin)
 
     @_translate
     def manage_existing_get_size(self, volume: Any, existing_ref: Any) -> int:

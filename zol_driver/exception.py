@@ -110,6 +110,11 @@ class DatasetHasChildren(ZfsError):
     message = "ZFS volume still has snapshots: %(stderr)s"
 
 
+class OutOfSpace(ZfsError):
+    message = ("the SAN pool has not enough free space (a thick volume reserves its whole "
+               "size): %(stderr)s")
+
+
 class NotMostRecentSnapshot(ZfsError):
     message = "ZFS can only roll back to the most recent snapshot: %(stderr)s"
 

@@ -34,6 +34,13 @@ zol_opts = [
                                   "is deleted")),
                         ("copy", "zfs send | zfs recv: an independent full copy")],
                help="How volumes are created from snapshots and from other volumes."),
+    cfg.BoolOpt("zol_retype_copy",
+                default=True,
+                help="Retype a detached volume without snapshots to a type with another "
+                     "zol:volblocksize by a copy on the SAN (new zvol, block copy by the "
+                     "wrapper, names swapped; the data never leaves the SAN). False: such a "
+                     "retype returns to Cinder, which migrates the volume only with "
+                     "--migration-policy on-demand (host copy through os-brick)."),
     cfg.StrOpt("zol_ssh_known_hosts_file",
                default="/etc/cinder/zol_known_hosts",
                help="known_hosts file holding the SAN's SSH host key. Host keys are checked "

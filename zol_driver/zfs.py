@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from zol_driver import exception
+from zol_driver import exception, policy
 from zol_driver.ssh import Executor
 
 LOG = logging.getLogger(__name__)
@@ -22,8 +22,11 @@ LOG = logging.getLogger(__name__)
 COMP_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}")
 SIZE_RE = re.compile(r"[1-9][0-9]{0,18}")
 USERVALUE_RE = re.compile(r"[A-Za-z0-9_.:,/=+-]{0,512}")
-BLOCKSIZES = (4096, 8192, 16384, 32768, 65536, 131072)
-ALLOWED_PROPS = frozenset((
+BLOCKSIZES = policy.BLOCKSIZES
+# ZFS properties a volume type may choose (zol:<name> extra specs) and their allow-lists.
+ZPROPS = policy.ZPROPS
+MAX_ZPROPS = len(ZPROPS) + 1          # + refreservation on clones
+ALLOWED_PROPS = frozenset((*ZPROPS,
     "name", "type", "volsize", "used", "available", "referenced", "volblocksize",
     "refreservation", "reservation", "origin", "clones", "creation", "guid", "written",
     "usedbysnapshots", "usedbydataset", "usedbychildren", "compressratio", "logicalused",
@@ -37,6 +40,11 @@ NUMERIC_PROPS = frozenset(("volsize", "used", "available", "referenced", "volblo
                            "refreservation", "reservation", "creation", "guid", "written",
                            "usedbysnapshots", "usedbydataset", "usedbychildren",
                            "logicalused", "logicalreferenced", "userrefs"))
+
+# The properties a volume reports (its type's policy as ZFS has it).
+POLICY_PROPS = ("volblocksize", "refreservation", *ZPROPS)
+
+MAX_GROUP = 16    # snapshots in one `zfs snapshot` (a group snapshot)
 
 # Properties the driver reads for one volume and its snapshots.
 VOLUME_PROPS = ("name", "type", "volsize", "used", "refreservation", "origin", "clones",
@@ -52,6 +60,8 @@ _ERRORS: tuple[tuple[str, type[exception.ZfsError]], ...] = (
     ("has dependent clones", exception.DatasetHasClones),
     ("has children", exception.DatasetHasChildren),
     ("more recent snapshots", exception.NotMostRecentSnapshot),
+    ("size is greater than available space", exception.OutOfSpace),
+    ("out of space", exception.OutOfSpace),
 )
 
 
@@ -89,6 +99,29 @@ def _props_arg(props: Iterable[str]) -> str:
         raise exception.InvalidValue(kind="property list", value=props,
                                      reason=f"not in the protocol: {bad}")
     return ",".join(props)
+
+
+def zprop_args(props: dict[str, str] | None) -> list[str]:
+    """``-o name=value`` pairs of allow-listed ZFS properties (sorted: one argv per policy)."""
+    out: list[str] = []
+    for name, value in sorted((props or {}).items()):
+        check_zprop(name, value)
+        out += ["-o", f"{name}={value}"]
+    if len(out) // 2 > MAX_ZPROPS:
+        raise exception.InvalidValue(kind="properties", value=props, reason="too many")
+    return out
+
+
+def check_zprop(name: str, value: str) -> str:
+    if name == "refreservation" and value == "none":    # a thin clone
+        return f"{name}={value}"
+    if name not in ZPROPS:
+        raise exception.InvalidValue(kind="ZFS property", value=name,
+                                     reason="one of " + ", ".join(ZPROPS))
+    if value not in ZPROPS[name]:
+        raise exception.InvalidValue(kind=name, value=value,
+                                     reason="one of " + ", ".join(ZPROPS[name]))
+    return f"{name}={value}"
 
 
 def _types_arg(types: Iterable[str]) -> str:
@@ -263,7 +296,8 @@ class ZfsClient:
     # -- mutations ----------------------------------------------------------------------------
 
     def create_volume(self, ds: str, size: int, sparse: bool = True,
-                      blocksize: int | None = None) -> None:
+                      blocksize: int | None = None,
+                      props: dict[str, str] | None = None) -> None:
         self.check_ds(ds)
         argv = ["zfs", "create"]
         if sparse:
@@ -273,6 +307,7 @@ class ZfsClient:
                 raise exception.InvalidValue(kind="volblocksize", value=blocksize,
                                              reason=f"one of {BLOCKSIZES}")
             argv += ["-b", str(blocksize)]
+        argv += zprop_args(props)
         argv += ["-V", check_size(size), ds]
         self.run(argv)
 
@@ -319,13 +354,57 @@ class ZfsClient:
     def snapshot(self, snap: str) -> None:
         self.run(["zfs", "snapshot", self.check_snap(snap)])
 
-    def clone(self, snap: str, ds: str, thin: bool = False) -> None:
+    def snapshot_many(self, snaps: Sequence[str]) -> None:
+        """One ``zfs snapshot a@g b@g ...``: all in one transaction group (crash-consistent)."""
+        snaps = list(snaps)
+        if len(snaps) < 2 or len(snaps) > MAX_GROUP:
+            raise exception.InvalidValue(kind="group snapshot", value=len(snaps),
+                                         reason=f"2..{MAX_GROUP} snapshots in one command")
+        vols = [s.partition("@")[0] for s in snaps]
+        for s in snaps:
+            self.check_snap(s)
+        if len(set(vols)) != len(vols):
+            raise exception.InvalidValue(kind="group snapshot", value=snaps,
+                                         reason="one snapshot per volume")
+        self.run(["zfs", "snapshot", *snaps])
+
+    def clone(self, snap: str, ds: str, thin: bool = False,
+              props: dict[str, str] | None = None) -> None:
         self.check_snap(snap)
         self.check_ds(ds)
         argv = ["zfs", "clone"]
+        props = dict(props or {})
         if thin:
+            props["refreservation"] = "none"
+        if props and set(props) != {"refreservation"}:
+            argv += zprop_args(props)
+        elif thin:
             argv += ["-o", "refreservation=none"]
         self.run(argv + [snap, ds])
+
+    def copy_data(self, src: str, dst: str) -> None:
+        """Block copy of zvol SRC into the new (all-zero) zvol DST on the SAN: what a
+        volblocksize change needs (send | recv keeps the block size)."""
+        self.check_ds(src)
+        self.check_ds(dst)
+        try:
+            self.executor.execute(["zol-wrapper", "copy-data", src, dst],
+                                  timeout=self.copy_timeout)
+        except exception.CommandFailed as exc:
+            raise classify(exc) from exc
+
+    def move(self, ds: str, target: str, thick: bool) -> None:
+        """``zfs rename`` to another configured parent of the same pool (migration), then
+        the refreservation the destination wants."""
+        self.check_ds(ds)
+        parent, sep, comp = target.rpartition("/")
+        if not sep or parent.split("/")[0] != self.parent.split("/")[0] or parent == self.parent:
+            raise exception.InvalidName(kind="dataset", name=target,
+                                        reason=f"not below another parent of pool "
+                                               f"{self.parent.split('/')[0]}")
+        _check_comp(comp, "dataset", target)
+        self._retry_busy(["zfs", "rename", ds, target])
+        self.run(["zfs", "set", "refreservation=" + ("auto" if thick else "none"), target])
 
     def copy(self, snap: str, ds: str) -> None:
         """An independent full copy (send | recv on the SAN); DS@<snap name> comes along."""
@@ -356,6 +435,17 @@ class ZfsClient:
 
     def set_volsize(self, ds: str, size: int) -> None:
         self.run(["zfs", "set", "volsize=" + check_size(size), self.check_ds(ds)])
+
+    def set_prop(self, ds: str, name: str, value: str) -> None:
+        """``zfs set`` of one allow-listed ZFS property (retype in place)."""
+        self.run(["zfs", "set", check_zprop(name, value), self.check_ds(ds)])
+
+    def inherit_prop(self, ds: str, name: str) -> None:
+        """``zfs inherit`` of one allow-listed ZFS property (back to the parent's value)."""
+        if name not in ZPROPS:
+            raise exception.InvalidValue(kind="ZFS property", value=name,
+                                         reason="one of " + ", ".join(ZPROPS))
+        self.run(["zfs", "inherit", name, self.check_ds(ds)])
 
     def set_refreservation(self, ds: str, thick: bool) -> None:
         self.run(["zfs", "set", "refreservation=" + ("auto" if thick else "none"),

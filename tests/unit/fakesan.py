@@ -49,6 +49,17 @@ class Dataset:
     creation: int = 0
 
 
+# OpenZFS 2.1 defaults of the properties a volume type may set (zol_driver.policy.ZPROPS)
+ZPROP_DEFAULTS = {"compression": "off", "sync": "standard", "logbias": "latency",
+                  "copies": "1", "primarycache": "all", "secondarycache": "all",
+                  "dedup": "off", "checksum": "on"}
+
+
+def _o_props(a):
+    """The -o name=value pairs of a create/clone argv."""
+    return dict(a[i + 1].split("=", 1) for i in range(len(a) - 1) if a[i] == "-o")
+
+
 WRAPPER_VERBS = ("export", "unexport", "resize-lun", "show-exports", "restore-exports")
 
 
@@ -87,6 +98,7 @@ class FakeSan:
         # `zol-wrapper capabilities` as a stock Debian tgt answers (None: verb refused)
         self.capabilities_line: str | None = "unmap=no tgt=1:1.0.85-1+deb12u1\n"
         self.stdins: list[str | None] = []
+        self.copied: list[tuple[str, str]] = []
 
     # -- Executor -------------------------------------------------------------------------------
 
@@ -203,6 +215,11 @@ class FakeSan:
             if d.type != "snapshot":
                 return "-"
             return "on" if d.defer_destroy else "off"
+        if p in ZPROP_DEFAULTS:
+            if d.type == "snapshot":
+                vol = self.ds.get(d.name.partition("@")[0])
+                return vol.props.get(p, ZPROP_DEFAULTS[p]) if vol else "-"
+            return d.props.get(p, ZPROP_DEFAULTS[p])
         if USER_PROP_RE.fullmatch(p):
             if p in d.props:
                 return d.props[p]
@@ -276,19 +293,25 @@ class FakeSan:
             name = a[-1]
             if name in self.ds:
                 return (1, "", f"cannot create '{name}': dataset already exists\n")
+            props = _o_props(a)
+            if props.pop("refreservation", None) == "none":
+                sparse = True
             self.ds[name] = Dataset(name, "volume", size, 0 if sparse else size + 35651584,
-                                    bs, creation=next(self._clock))
+                                    bs, creation=next(self._clock), props=props)
             return (0, "", "")
         if op == "snapshot":
-            name = a[1]
-            vol = name.partition("@")[0]
-            if vol not in self.ds:
-                return self._open_err(vol)
-            if name in self.ds:
-                return (1, "", f"cannot create snapshot '{name}': dataset already exists\n")
-            v = self.ds[vol]
-            self.ds[name] = Dataset(name, "snapshot", v.volsize, None, v.volblocksize,
-                                    creation=next(self._clock))
+            for name in a[1:]:      # several: one transaction group (all or none)
+                vol = name.partition("@")[0]
+                if vol not in self.ds:
+                    return self._open_err(vol)
+                if name in self.ds:
+                    return (1, "", f"cannot create snapshot '{name}': dataset already "
+                                   "exists\n")
+            clock = next(self._clock)
+            for name in a[1:]:
+                v = self.ds[name.partition("@")[0]]
+                self.ds[name] = Dataset(name, "snapshot", v.volsize, None, v.volblocksize,
+                                        creation=clock)
             return (0, "", "")
         if op == "destroy":
             name = a[-1]
@@ -329,8 +352,10 @@ class FakeSan:
             if new in self.ds:
                 return (1, "", f"cannot create '{new}': dataset already exists\n")
             s = self.ds[snap]
+            props = _o_props(a)
+            props.pop("refreservation", None)
             self.ds[new] = Dataset(new, "volume", s.volsize, 0, s.volblocksize, origin=snap,
-                                   used=0, creation=next(self._clock))
+                                   used=0, creation=next(self._clock), props=props)
             return (0, "", "")
         if op == "rename":
             old, new = a[1], a[2]
@@ -398,6 +423,15 @@ class FakeSan:
                 return (0, "", "")
             return (1, "", (f"zol-ssh-wrapper: /dev/zvol/{a[1]} did not appear within "
                            f"{a[2] if len(a) > 2 else 30} s\n"))
+        if a[0] == "copy-data":
+            src, dst = a[1], a[2]
+            for n in (src, dst):
+                if n not in self.ds:
+                    return (68, "", f"zol-ssh-wrapper: copy-data: {n} is not a zvol\n")
+            if self.ds[dst].volsize < self.ds[src].volsize:
+                return (68, "", f"zol-ssh-wrapper: copy-data: {dst} is smaller than {src}\n")
+            self.copied.append((src, dst))
+            return (0, f"copied {src} -> {dst}\n", "")
         if a[0] == "copy":
             snap, new = a[1], a[2]
             if snap not in self.ds:

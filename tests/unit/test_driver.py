@@ -512,7 +512,10 @@ def test_stats_one_command(drv, san):
     assert pool["provisioned_capacity_gb"] == 6 and pool["total_volumes"] == 3
     assert pool["free_capacity_gb"] == round(san.available / GIB, 2)
     assert pool["total_capacity_gb"] == round((san.available + 212992) / GIB, 2)
-    assert pool["thin_provisioning_support"] and not pool["thick_provisioning_support"]
+    # volume types choose thin or thick (provisioning:type); the backend's is the default
+    assert pool["thin_provisioning_support"] and pool["thick_provisioning_support"]
+    assert pool["zol_default_provisioning"] == "thin"
+    assert pool["consistent_group_snapshot_enabled"]
     assert pool["multiattach"] and pool["reserved_percentage"] == 0
     assert pool["max_over_subscription_ratio"] == "20.0"
     assert drv.get_volume_stats() is st                   # cached until refresh
@@ -664,17 +667,75 @@ def scenario(san):
     thin.delete_snapshot(snap(1005, m))
     thin.delete_volume(m)
     thin.delete_volume(vol(1006))
+    types_scenario(san, thin, thick)
+
+
+DB = {"name": "db", "extra_specs": {"zol:compression": "zstd", "zol:volblocksize": "16K",
+                                    "zol:sync": "always", "provisioning:type": "thick"}}
+SCRATCH = {"name": "scratch", "extra_specs": {"zol:compression": "lz4",
+                                              "zol:volblocksize": "128K",
+                                              "zol:sync": "disabled",
+                                              "provisioning:type": "thin"}}
+
+
+def types_scenario(san, thin, thick):
+    """Volume types: every create path with a policy, retype (in place, thin<->thick, by a
+    SAN copy), driver-assisted migration, a group snapshot and groups from sources."""
+    host = {"host": thin.host}
+    a = vol(1010, volume_type=DB)
+    thin.create_volume(a)
+    s = snap(1010, a)
+    thin.create_snapshot(s)
+    b = vol(1011, volume_type=DB)
+    thin.create_volume_from_snapshot(b, s)
+    c = vol(1012, volume_type=DB)
+    thin.create_cloned_volume(c, a)
+    lz4_thin = {"name": "db-lz4", "extra_specs": {**DB["extra_specs"],
+                                                  "zol:compression": "lz4",
+                                                  "zol:logbias": "throughput",
+                                                  "provisioning:type": "thin"}}
+    assert thin.retype(None, b, lz4_thin, {}, host)[0]
+    b["volume_type"] = lz4_thin
+    assert thin.retype(None, b, {"name": "plain", "extra_specs": {}}, {}, host)[0]
+    assert thin.retype(None, c, SCRATCH, {}, host)[0]
+    c["volume_type"] = SCRATCH
+    d = vol(1013, volume_type=SCRATCH)
+    thin.create_volume(d)
+    gs = {"id": "group-snap-1", "group_type_id": "cg"}
+    snaps = [snap(1013, d), snap(1014, c)]
+    thin.create_group_snapshot(None, gs, snaps)
+    e, f = vol(1015, volume_type=SCRATCH, snapshot_id=snaps[0]["id"]), \
+        vol(1016, volume_type=SCRATCH, snapshot_id=snaps[1]["id"])
+    group = {"id": "group-1", "group_type_id": "cg"}
+    thin.create_group_from_src(None, group, [e, f], group_snapshot=gs, snapshots=snaps)
+    g, h = vol(1017, volume_type=SCRATCH, source_volid=d["id"]), \
+        vol(1018, volume_type=SCRATCH, source_volid=c["id"])
+    thin.create_group_from_src(None, group, [g, h], source_group={"id": "group-0"},
+                               source_vols=[d, c])
+    thin.delete_group(None, group, [e, f, g, h])
+    thin.delete_group_snapshot(None, gs, snaps)
+    thin.delete_volume(d)
+    thin.delete_volume(c)
+    thin.delete_volume(b)
+    thin.delete_snapshot(s)
+    moved = thin.migrate_volume(None, a, {
+        "host": thick.host, "capabilities": {
+            "location_info": "ZFSonLinuxISCSIDriver:192.0.2.10:zol/cinder-thick",
+            "zol_default_provisioning": "thick"}})
+    assert moved[0]
+    thick.delete_volume(a)
 
 
 def test_driver_argv_fixture_is_current(monkeypatch):
     monkeypatch.setattr(zdriver, "generate_secret", _counter_secret())
+    monkeypatch.setattr(zdriver.ZFSonLinuxISCSIDriver, "_cg", staticmethod(lambda g: True))
     san = FakeSan()
     scenario(san)
     assert san.names() == [] and san.names("zol/cinder-thick") == []
     assert san.targets == {} and san.accounts == {}
     ops = {(c[0], c[1]) for c in san.calls}
-    assert {("zol-wrapper", v) for v in ("copy", "export", "unexport", "resize-lun",
-                                         "show-exports")} <= ops
+    assert {("zol-wrapper", v) for v in ("copy", "copy-data", "export", "unexport",
+                                         "resize-lun", "show-exports")} <= ops
     lines = sorted({json.dumps(c) for c in san.calls})
     text = "".join(line + "\n" for line in lines)
     if os.environ.get("ZOL_REGEN_DRIVER_ARGV") or not ARGV_FILE.exists():

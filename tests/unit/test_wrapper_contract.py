@@ -18,7 +18,7 @@ import sys
 import pytest
 
 from tests.helpers.fakesan import REPO, WRAPPER, FakeSan, load_wrapper
-from zol_driver import exception, ssh, zfs
+from zol_driver import exception, policy, ssh, zfs
 from zol_driver.targets import tgt
 
 W = load_wrapper()
@@ -95,10 +95,47 @@ def test_driver_wrapper_and_doc_are_one_grammar(cfg):
     for argv in recorded_argv():
         rule = W.match_rule(cfg, argv)
         assert (W.command_key(rule.items), len(rule.items)) in doc, rule.text
-        for i, item in enumerate(rule.items):
-            if not rule.is_token(i):
+        for i, item in enumerate(rule.expand(len(argv))):
+            if not item.startswith("{"):
                 assert argv[i] == item
     assert doc == {(W.command_key(r.items), len(r.items)) for r in W.GRAMMAR}
+
+
+def _doc_zprops() -> dict:
+    """doc/san-protocol.md's ZPROP table: {property: (values...)}."""
+    text = (REPO / "doc" / "san-protocol.md").read_text()
+    section = text.split("### ZPROP:", 1)[1].split("\n#", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 2 and cells[1].startswith("`"):
+            rows[cells[0]] = tuple(cells[1].strip("`").split())
+    return rows
+
+
+def test_volume_type_grammar_is_one_in_driver_wrapper_and_doc(cfg):
+    """The zol:* extra-spec allow-lists: the doc's ZPROP table (the single source), the
+    driver's (policy.ZPROPS, used by zfs.py) and the wrapper's are the same, value by value,
+    and each value passes the wrapper for create, clone, set and inherit."""
+    doc = _doc_zprops()
+    assert doc and set(doc) == set(policy.ZPROPS) == set(W.ZPROPS)
+    for name, values in doc.items():
+        assert values == policy.ZPROPS[name] == tuple(W.ZPROPS[name]), name
+    assert zfs.ZPROPS is policy.ZPROPS
+    assert tuple(str(b) for b in policy.BLOCKSIZES) == W.BLOCKSIZES
+    ds = "zol/cinder/volume-" + UUID
+    for name, values in doc.items():
+        for value in values:
+            for argv in (["zfs", "create", "-o", f"{name}={value}", "-V", "1073741824", ds],
+                         ["zfs", "set", f"{name}={value}", ds],
+                         ["zfs", "clone", "-o", f"{name}={value}", ds + "@s", ds + "x"]):
+                W.validate(cfg, argv)
+        W.validate(cfg, ["zfs", "inherit", name, ds])
+        # and what is not in the table is refused by both sides
+        with pytest.raises(W.Denied):
+            W.validate(cfg, ["zfs", "set", f"{name}=bogus", ds])
+        with pytest.raises(policy.PolicyError):
+            policy.parse("t", {"zol:" + name: "bogus"})
 
 
 def test_recorded_argv_reach_exec_unchanged(fake):
@@ -172,6 +209,24 @@ def builder_argv() -> list[list[str]]:
         z.set_user(ds, "zol:deleted", "1")
         for prop in zfs.USER_PROPS:
             z.inherit(ds, prop)
+        every = {name: values[-1] for name, values in zfs.ZPROPS.items()}
+        for sparse in (True, False):
+            for bs in (None, 16384):
+                z.create_volume(ds, 1024 ** 3, sparse=sparse, blocksize=bs, props=every)
+                z.create_volume(ds, 1024 ** 3, sparse=sparse, blocksize=bs,
+                                props={"compression": "zstd"})
+        z.clone(snap, ds2, props=every)
+        z.clone(snap, ds2, thin=True, props={"sync": "always"})
+        for name, values in zfs.ZPROPS.items():
+            z.set_prop(ds, name, values[0])
+            z.inherit_prop(ds, name)
+        z.get(ds, zfs.POLICY_PROPS)
+        z.snapshot_many([ds + "@g", ds2 + "@g"])
+        z.snapshot_many([f"{z.ds(f'v{i}')}@g{i}" for i in range(zfs.MAX_GROUP)])
+        z.copy_data(ds, ds2)
+        other = PARENTS[1] if parent == PARENTS[0] else PARENTS[0]
+        z.move(ds, f"{other}/volume-{UUID}", thick=True)
+        z.move(ds, f"{other}/volume-{UUID}", thick=False)
     t = tgt.TgtAdm(rec, PREFIX, retries=0, retry_interval=0)
     iqn = t.iqn("volume-" + UUID)
     chap = tgt.Chap("user-1", "Zq8Rk2Lm9Pw4Xt7Y")
@@ -213,6 +268,16 @@ def test_builders_refuse_what_the_wrapper_denies():
             z.destroy(bad)
     with pytest.raises(exception.ZolException):
         z.create_volume("zol/cinder/x", 1000)
+    for bad in ({"mountpoint": "/etc"}, {"compression": "zstd-20"}, {"sync": "sometimes"},
+                {"refreservation": "auto"}):
+        with pytest.raises(exception.ZolException):
+            z.create_volume("zol/cinder/x", 1024 ** 3, props=bad)
+    with pytest.raises(exception.ZolException):
+        z.set_prop("zol/cinder/x", "volblocksize", "4096")
+    with pytest.raises(exception.ZolException):
+        z.snapshot_many(["zol/cinder/x@a", "zol/cinder/x@b"])
+    with pytest.raises(exception.ZolException):
+        z.move("zol/cinder/x", "other/cinder/x", thick=False)
     assert rec.calls == []
 
 

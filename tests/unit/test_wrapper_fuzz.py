@@ -24,7 +24,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.helpers.fakesan import FakeSan, load_wrapper
+from tests.helpers.fakesan import REPO, FakeSan, load_wrapper
 
 W = load_wrapper()
 PARENTS = ("zol/cinder", "zol/cinder-thick")
@@ -45,7 +45,24 @@ _USER = r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}"
 _SECRET = r"[A-Za-z0-9]{12,64}"
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9][0-9]|[0-9])"
 _INI = r"(?:ALL|" + _OCTET + r"(?:\." + _OCTET + r"){3}|(?P<v6>[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*))"
-_PROPNAMES = [
+
+
+def _doc_zprops() -> dict:
+    """The ZPROP table of doc/san-protocol.md (property -> allowed values), read from the doc."""
+    text = (REPO / "doc" / "san-protocol.md").read_text()
+    rows = {}
+    for line in text.split("### ZPROP:", 1)[1].split("\n#", 1)[0].splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 2 and cells[1].startswith("`"):
+            rows[cells[0]] = cells[1].strip("`").split()
+    return rows
+
+
+ZPROPS = _doc_zprops()
+_ZP = "(?:" + "|".join(re.escape(f"{k}={v}") for k, vs in ZPROPS.items() for v in vs) + ")"
+_ZPC = "(?:" + _ZP[3:-1] + "|refreservation=none)"       # create/clone: + a thin clone
+_ZPN = "(?:" + "|".join(ZPROPS) + ")"
+_PROPNAMES = [*ZPROPS,
     "name", "type", "volsize", "used", "available", "referenced", "volblocksize",
     "refreservation", "reservation", "origin", "clones", "creation", "guid", "written",
     "usedbysnapshots", "usedbydataset", "usedbychildren", "compressratio", "logicalused",
@@ -54,7 +71,7 @@ _PROPNAMES = [
 _PROP1 = "(?:" + "|".join(re.escape(p) for p in _PROPNAMES) + ")"
 _PROPS = _PROP1 + "(?:," + _PROP1 + ")*"
 _TYPES = "(?:volume|snapshot|filesystem)(?:,(?:volume|snapshot|filesystem))*"
-_UPROP = "(?:zol:iqn|zol:lun|zol:chap|zol:initiators|zol:deleted)"
+_UPROP = "(?:zol:iqn|zol:lun|zol:chap|zol:initiators|zol:deleted|" + _ZPN[3:-1] + ")"
 _SECS = r"(?:[1-9]|[1-9][0-9]|1[01][0-9]|120)"
 _SERIAL = r"[A-Za-z0-9][A-Za-z0-9-]{0,35}"
 _INI1 = _INI.replace("?P<v6>", "")
@@ -66,20 +83,24 @@ ORACLE_LINES = [
     f"zfs list -H -p -o {_PROPS} -t {_TYPES} -d 1 {_P}",
     f"zfs list -H -p -o {_PROPS} (?:{_DS}|{_SNAP}|{_P})",
     f"zfs get -H -p -o name,property,value {_PROPS} (?:{_DS}|{_SNAP}|{_P})",
-    f"zfs create (?:-s )?(?:-b {_BS} )?-V {_SIZE} {_DS}",
+    f"zfs create (?:-s )?(?:-b {_BS} )?(?P<zps>(?:-o {_ZPC} ){{0,9}})-V {_SIZE} {_DS}",
     f"zfs destroy (?:{_DS}|{_SNAP})",
     f"zfs destroy -d {_SNAP}",
-    f"zfs snapshot {_SNAP}",
-    f"zfs clone (?:-o refreservation=none )?{_SNAP} {_DS}",
+    f"zfs snapshot (?P<snaps>{_SNAP}(?: {_SNAP}){{0,15}})",
+    f"zfs clone (?P<zps>(?:-o {_ZPC} ){{0,9}}){_SNAP} {_DS}",
     f"zfs promote {_DS}",
-    f"zfs rename (?P<par>{_P})/{_C} (?P=par)/{_C}",
+    # between parents of one pool (both PARENTS are in pool zol)
+    f"zfs rename {_DS} {_DS}",
     f"zfs rename (?P<ds>{_DS})@{_C} (?P=ds)@{_C}",
     f"zfs rollback {_SNAP}",
     f"zfs set volsize={_SIZE} {_DS}",
     f"zfs set refreservation=(?:none|auto) {_DS}",
     f"zfs set zol:deleted=[A-Za-z0-9_.:,/=+-]{{0,512}} {_DS}",
+    f"zfs set {_ZP} {_DS}",
     f"zfs inherit {_UPROP} {_DS}",
     "zol-wrapper version",
+    "zol-wrapper capabilities",
+    f"zol-wrapper copy-data (?P<cd1>{_DS}) (?P<cd2>{_DS})",
     f"zol-wrapper wait-zvol {_DS}(?: {_SECS})?",
     f"zol-wrapper copy {_SNAP} {_DS}",
     f"zol-wrapper export {_DS} {_IQN} {_LUN} {_SERIAL} (?:thin|thin-unmap|thick) "
@@ -103,7 +124,7 @@ def _v6_ok(text: str) -> bool:
 
 def oracle(argv) -> bool:
     """Is argv a member of the documented grammar?"""
-    if not argv or len(argv) > 16 or any(not _ARG.fullmatch(a) for a in argv):
+    if not argv or len(argv) > 40 or any(not _ARG.fullmatch(a) for a in argv):
         return False
     line = " ".join(argv)
     for rx in ORACLE:
@@ -114,6 +135,16 @@ def oracle(argv) -> bool:
         if g.get("size") and int(g["size"]) % 512:
             continue
         if g.get("v6") is not None and not _v6_ok(g["v6"]):
+            continue
+        if g.get("zps"):
+            names = [w.split("=")[0] for w in g["zps"].split() if w != "-o"]
+            if len(set(names)) != len(names):
+                continue
+        if g.get("snaps"):
+            dss = [w.split("@")[0] for w in g["snaps"].split()]
+            if len(set(dss)) != len(dss):
+                continue
+        if g.get("cd1") is not None and g["cd1"] == g["cd2"]:
             continue
         if g.get("inis") is not None:
             items = g["inis"].split(",")
@@ -189,6 +220,12 @@ GEN = {
     "UVAL": lambda r: "".join(r.choices(string.ascii_letters + "_.:,/=+-0123456789",
                                         k=r.choice((0, 1, 16, 40, r.randint(0, 512))))),
     "SECS": lambda r: str(r.randint(1, 120)),
+    "ZP": lambda r: r.choice([f"{k}={v}" for k, vs in ZPROPS.items() for v in vs]),
+    "ZPN": lambda r: r.choice(list(ZPROPS)),
+    "ZPS": lambda r: " ".join(f"-o {k}={r.choice(ZPROPS[k])}"
+                              for k in r.sample(list(ZPROPS), r.randint(1, len(ZPROPS)))),
+    "SNAPS": lambda r: " ".join(f"{r.choice(PARENTS)}/v{i}-{r.randint(0, 99)}@" + g_comp(r)
+                                for i in range(r.randint(2, 16))),
 }
 
 # Shapes of valid commands ({X} = GEN[X]); writes the doc's alternatives out.
@@ -216,6 +253,14 @@ SHAPES = [
     "zfs set refreservation=auto {DS}",
     "zfs set zol:deleted={UVAL} {DS}",
     "zfs inherit {UPROP} {DS}",
+    "zfs inherit {ZPN} {DS}",
+    "zfs set {ZP} {DS}",
+    "zfs create {ZPS} -V {SIZE} {DS}",
+    "zfs create -s -b {BS} {ZPS} -V {SIZE} {DS}",
+    "zfs clone {ZPS} {SNAP} {DS}",
+    "zfs snapshot {SNAPS}",
+    "zol-wrapper copy-data {DS} {DS}",
+    "zol-wrapper capabilities",
     "zol-wrapper version",
     "zol-wrapper wait-zvol {DS}",
     "zol-wrapper wait-zvol {DS} {SECS}",
@@ -237,7 +282,7 @@ def gen_valid(r: random.Random) -> list[str]:
     if shape.endswith("RENAME_SNAP"):
         ds = g_ds(r)
         return ["zfs", "rename", ds + "@" + g_comp(r), ds + "@" + g_comp(r)]
-    return [_FIELD.sub(lambda m: GEN[m.group(1)](r), w) for w in shape.split()]
+    return " ".join(_FIELD.sub(lambda m: GEN[m.group(1)](r), w) for w in shape.split()).split()
 
 
 NASTY = [";", "|", "&", "&&", "$(id)", "`id`", "$IFS", "${PATH}", "\n", "\r", "\t", "\0",
@@ -346,7 +391,11 @@ def test_oracle_is_not_trivial(cfg):
         assert oracle(argv), argv
         assert _accepts(cfg, argv), argv
     for bad in (["zfs", "destroy", "-r", "zol/cinder/x"], ["zfs", "create", "-V", "1000",
-                "zol/cinder/x"], ["zfs", "rename", "zol/cinder/a", "zol/cinder-thick/b"],
+                "zol/cinder/x"], ["zfs", "rename", "zol/cinder/a", "zol/other/b"],
+                ["zfs", "create", "-o", "mountpoint=/", "-V", "1024", "zol/cinder/x"],
+                ["zfs", "snapshot", "zol/cinder/a@x", "zol/cinder/a@y"],
+                ["zfs", "set", "compression=zstd-20", "zol/cinder/a"],
+                ["zol-wrapper", "copy-data", "zol/cinder/a", "zol/cinder/a"],
                 ["zol-wrapper", "wait-zvol", "zol/cinder/a", "121"], ["sh", "-c", "id"],
                 ["tgtadm", "--lld", "iscsi", "--mode", "target", "--op", "show"],
                 ["zol-wrapper", "export", "zol/cinder/a", PREFIX + "a", "1", "a", "thin",
