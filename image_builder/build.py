@@ -272,7 +272,7 @@ class Builder:
                 raise
             self.out = ws.commit()
             self.work = self.out / "work"
-            LOG.info("build %s verified and described in %.1f s, not published yet: %s",
+            LOG.info("build %s built and described in %.1f s, not published yet: %s",
                      self.name, time.monotonic() - total, self.out / "manifest.json")
             if self.s.upload:
                 manifest = self._publish(total)

@@ -17,9 +17,23 @@ from tests.functional.test_image_build import assert_launched_and_logged_in, zol
 pytestmark = [pytest.mark.functional, pytest.mark.slow]
 
 
-def test_trixie_triplet_builds_and_launches(tmp_path):
-    r = zol_image("build", "--release", "trixie", "--no-upload", "--name", "zol-func-trixie",
-                  "--output-dir", str(tmp_path))
+_BUILT: dict[str, dict] = {}    # test_image_publish uploads this build later (from its manifest)
+
+
+@pytest.fixture(scope="session")
+def trixie_build(tmp_path_factory):
+    """One trixie triplet per session, built without upload."""
+    if "trixie" not in _BUILT:
+        out = tmp_path_factory.mktemp("trixie")
+        r = zol_image("build", "--release", "trixie", "--no-upload", "--name", "zol-func-trixie",
+                      "--output-dir", str(out))
+        _BUILT["trixie"] = {"r": r, "dir": out / "zol-func-trixie"}
+    return _BUILT["trixie"]
+
+
+def test_trixie_triplet_builds_and_launches(trixie_build):
+    r = trixie_build["r"]
+    tmp_path = trixie_build["dir"].parent
     assert r.returncode == 0, "zol-image build --release trixie failed:\n" + r.stderr[-6000:]
     manifest = json.loads((tmp_path / "zol-func-trixie" / "manifest.json").read_text())
     assert manifest["kernel_version"].startswith("6.12."), manifest["kernel_version"]
