@@ -1011,8 +1011,10 @@ class ZFSonLinuxISCSIDriver(image_transfer.LibiscsiImageTransferMixin, driver.IS
             "pool_name": self.backend_name,
             "reserved_percentage": c.reserved_percentage,
             "max_over_subscription_ratio": c.max_over_subscription_ratio,
-            # each volume type chooses (provisioning:type); san_thin_provision is the default
-            "thin_provisioning_support": True,
+            # each volume type chooses (provisioning:type; san_thin_provision is the
+            # default).  A thick backend does not announce thin: Cinder's capacity filter
+            # would then over-subscribe it for types without provisioning:type.
+            "thin_provisioning_support": self._thin,
             "thick_provisioning_support": True,
             "zol_default_provisioning": "thin" if self._thin else "thick",
             "multiattach": True, "QoS_support": False,

@@ -130,7 +130,10 @@ def test_volume_types_map_to_the_two_backends(cinder, cinder_stack):
     thin, thick = cinder_stack.pool("zol-thin"), cinder_stack.pool("zol-thick")
     assert thin["thin_provisioning_support"] is True
     assert thick["thin_provisioning_support"] is False
-    assert thick["thick_provisioning_support"] is True
+    # every zol backend can make thick volumes (a type's provisioning:type = thick)
+    assert thick["thick_provisioning_support"] is True and thin["thick_provisioning_support"]
+    assert (thin["zol_default_provisioning"], thick["zol_default_provisioning"]) == \
+        ("thin", "thick")
     for caps in (thin, thick):
         assert caps["storage_protocol"] == "iSCSI"
         assert caps["total_capacity_gb"] > 1, caps
