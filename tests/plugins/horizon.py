@@ -103,24 +103,14 @@ class Browser:
                         return tr
         return None
 
-    def wait_row(self, table: str, page: str, name: str, status: str | None = None,
-                 timeout: float = 240, extra: str | None = None):
-        """Reload `page` until a row named `name` shows `status` (and `extra` text)."""
-        def look():
-            self.go(page)
-            tr = self.row(table, name)
-            if tr is None:
-                return None
-            text = tr.text
-            if status and status not in text.split("\n") and status not in text:
-                if "Error" in text:
-                    raise AssertionError(f"{name} shows Error in {page}: {text!r}")
-                return None
-            if extra and extra not in text:
-                return None
-            return tr.get_attribute("data-object-id"), text
-        return self.wait(look, timeout, f"{name!r} {status or ''} {extra or ''} in {page}",
-                         poll=2)
+    def see(self, table: str, page: str, name: str, *texts: str) -> str:
+        """Open `page`: the row named `name` is there and reads every one of `texts`."""
+        self.go(page)
+        tr = self.wait(lambda: self.row(table, name), 30, f"row {name!r} in {page}")
+        got = tr.text
+        missing = [t for t in texts if t not in got]
+        assert not missing, f"{page}: row {name!r} reads {got!r}, missing {missing}"
+        return tr.get_attribute("data-object-id")
 
     def wait_row_gone(self, table: str, page: str, name: str, timeout: float = 240) -> None:
         def gone():
@@ -144,7 +134,7 @@ class Browser:
         parent = sel.find_element("xpath", "..")
         parent.find_element("css selector", "button.dropdown-toggle").click()
         item = self.wait(lambda: [a for a in parent.find_elements(
-            "css selector", f'li[data-select-value="{value}"] a') if a.is_displayed()],
+            "css selector", f'a[data-select-value="{value}"]') if a.is_displayed()],
             10, f"option {value!r} of {select_id}")
         item[0].click()
         assert sel.get_attribute("value") == value, (select_id, sel.get_attribute("value"))
@@ -161,8 +151,11 @@ class Browser:
             box = self.css(f'table#{table} tr[data-object-id="{oid}"] '
                            'input.table-row-multi-select')
             assert box, f"no checkbox for {oid} in table {table}"
-            if not box[0].is_selected():
-                box[0].click()
+            if not box[0].is_selected():  # Horizon hides the input behind a themed label
+                label = self.css(f'table#{table} tr[data-object-id="{oid}"] '
+                                 'input.table-row-multi-select + label')
+                (label[0] if label and not box[0].is_displayed() else box[0]).click()
+            assert box[0].is_selected(), f"row {oid} of {table} not ticked"
         self.css(f"#{table}__action_{action}")[0].click()
         btn = self.wait(lambda: [b for b in self.css(".modal-footer .btn")
                                  if b.is_displayed() and b.text.strip() == confirm],

@@ -14,6 +14,7 @@ hundreds of MiB in here would cost more than the whole dashboard tier).
 from __future__ import annotations
 
 import hashlib
+import io
 import time
 
 import pytest
@@ -25,6 +26,38 @@ THIN = "zol/cinder"
 IMAGE_BYTES = b"".join(b"zol-dashboard-image %06d\n" % i for i in range(40000))  # ~1 MiB
 
 pytestmark = pytest.mark.system
+
+
+def api_wait(get, want: str, timeout: float = 400, what: str = "resource"):
+    """Poll Cinder (cheap) until `get()` has status `want`; the page is then read once."""
+    deadline = time.monotonic() + timeout
+    while True:
+        obj = get()
+        if obj is not None and obj.status == want:
+            return obj
+        status = getattr(obj, "status", "absent")
+        assert status not in ("error", "error_deleting", "error_extending"), f"{what}: {status}"
+        assert time.monotonic() < deadline, f"{what} still {status} after {timeout:.0f} s"
+        time.sleep(2)
+
+
+def by_name(manager, name: str):
+    """The live resource called `name` (one still being deleted by an earlier run is not it)."""
+    found = [r for r in manager.list(search_opts={"name": name}) if r.status != "deleting"]
+    return found[0] if found else None
+
+
+def gone(manager, oid: str, timeout: float = 300, what: str = "resource") -> None:
+    from cinderclient import exceptions
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            obj = manager.get(oid)
+        except exceptions.NotFound:
+            return
+        assert obj.status not in ("error_deleting", "error"), f"{what}: {obj.status}"
+        assert time.monotonic() < deadline, f"{what} {oid} still {obj.status}"
+        time.sleep(2)
 
 
 def volsize(san_admin, ds: str) -> int | None:
@@ -66,7 +99,9 @@ def test_member_volume_lifecycle(dash, san_admin):
     glance = keystone_glance_client(ks, "admin")
     image = glance.images.create(name="zol-dash-tiny", disk_format="raw",
                                  container_format="bare", visibility="public")
-    glance.images.upload(image["id"], IMAGE_BYTES)
+    glance.images.upload(image["id"], io.BytesIO(IMAGE_BYTES))
+    cinder = keystone_cinder(ks, "demo")
+    vols, snaps_api = cinder.volumes, cinder.volume_snapshots
     made = []
     try:
         # 1. create a 1 GiB volume of type zol-thin
@@ -75,17 +110,20 @@ def test_member_volume_lifecycle(dash, san_admin):
         b.choose("id_type", "zol-thin")
         b.fill("id_size", "1")
         b.submit()
-        v1, row = b.wait_row("volumes", "/project/volumes/", "dash-vol-1", "Available")
+        v1 = api_wait(lambda: by_name(vols, "dash-vol-1"), "available", what="dash-vol-1").id
         made.append(v1)
-        assert "1GiB" in row and "zol-thin" in row, row
+        assert b.see("volumes", "/project/volumes/", "dash-vol-1", "Available", "1GiB",
+                     "zol-thin") == v1
         wait_san(san_admin, f"{THIN}/volume-{v1}", GIB)
 
         # 2. a snapshot of it
         b.go(f"/project/volumes/{v1}/create_snapshot/")
         b.fill("id_name", "dash-snap-1")
         b.submit()
-        s1, row = b.wait_row("volume_snapshots", "/project/snapshots/", "dash-snap-1",
-                             "Available")
+        s1 = api_wait(lambda: by_name(snaps_api, "dash-snap-1"), "available",
+                      what="dash-snap-1").id
+        assert b.see("volume_snapshots", "/project/snapshots/", "dash-snap-1", "Available",
+                     "dash-vol-1") == s1
         snaps = san_admin.out(["zfs", "list", "-H", "-o", "name", "-t", "snapshot", "-r",
                                f"{THIN}/volume-{v1}"]).split()
         assert f"{THIN}/volume-{v1}@snapshot-{s1}" in snaps, snaps
@@ -94,16 +132,20 @@ def test_member_volume_lifecycle(dash, san_admin):
         b.go(f"/project/volumes/create/?snapshot_id={s1}")
         b.fill("id_name", "dash-vol-2")
         b.submit()
-        v2, row = b.wait_row("volumes", "/project/volumes/", "dash-vol-2", "Available")
+        v2 = api_wait(lambda: by_name(vols, "dash-vol-2"), "available", what="dash-vol-2").id
         made.append(v2)
+        b.see("volumes", "/project/volumes/", "dash-vol-2", "Available", "1GiB")
         wait_san(san_admin, f"{THIN}/volume-{v2}", GIB)
 
         # 4. extend the first to 2 GiB
         b.go(f"/project/volumes/{v1}/extend/")
         b.fill("id_new_size", "2")
         b.submit()
-        _, row = b.wait_row("volumes", "/project/volumes/", "dash-vol-1", "Available",
-                            extra="2GiB")
+        deadline = time.monotonic() + 300
+        while (v := vols.get(v1)).size != 2 or v.status != "available":
+            assert v.status != "error_extending" and time.monotonic() < deadline, v.status
+            time.sleep(2)
+        b.see("volumes", "/project/volumes/", "dash-vol-1", "Available", "2GiB")
         wait_san(san_admin, f"{THIN}/volume-{v1}", 2 * GIB)
 
         # 5. a volume from the image: its first bytes on the zvol are the image's
@@ -111,9 +153,10 @@ def test_member_volume_lifecycle(dash, san_admin):
         b.fill("id_name", "dash-vol-img")
         b.fill("id_size", "1")
         b.submit()
-        v3, row = b.wait_row("volumes", "/project/volumes/", "dash-vol-img", "Available",
-                             timeout=400)
+        v3 = api_wait(lambda: by_name(vols, "dash-vol-img"), "available", timeout=600,
+                      what="dash-vol-img").id
         made.append(v3)
+        b.see("volumes", "/project/volumes/", "dash-vol-img", "Available", "Yes")  # bootable
         wait_san(san_admin, f"{THIN}/volume-{v3}", GIB)
         head = san_admin.out(["sh", "-c", f"head -c {len(IMAGE_BYTES)} "
                               f"/dev/zvol/{THIN}/volume-{v3} | sha256sum"]).split()[0]
@@ -122,22 +165,29 @@ def test_member_volume_lifecycle(dash, san_admin):
         # 6. delete all: the volumes without snapshots, the snapshot, then the first volume
         b.go("/project/volumes/")
         b.click_action("volumes", [v2, v3], "delete", "Delete Volumes")
+        for v in (v2, v3):
+            gone(vols, v, what="volume")
         for name in ("dash-vol-2", "dash-vol-img"):
-            b.wait_row_gone("volumes", "/project/volumes/", name)
+            b.wait_row_gone("volumes", "/project/volumes/", name, timeout=30)
         for v in (v2, v3):
             wait_san(san_admin, f"{THIN}/volume-{v}", None)
         b.go("/project/snapshots/")
         b.click_action("volume_snapshots", [s1], "delete", "Delete Volume Snapshot")
-        b.wait_row_gone("volume_snapshots", "/project/snapshots/", "dash-snap-1")
+        gone(snaps_api, s1, what="snapshot")
+        b.wait_row_gone("volume_snapshots", "/project/snapshots/", "dash-snap-1", timeout=30)
         b.go("/project/volumes/")
         b.click_action("volumes", [v1], "delete", "Delete Volume")
-        b.wait_row_gone("volumes", "/project/volumes/", "dash-vol-1")
+        gone(vols, v1, what="volume")
+        b.wait_row_gone("volumes", "/project/volumes/", "dash-vol-1", timeout=30)
         wait_san(san_admin, f"{THIN}/volume-{v1}", None)
         left = san_admin.out(["zfs", "list", "-H", "-o", "name", "-t", "all", "-r", THIN])
         assert not any(v in left for v in made), left
         made.clear()
     finally:
         cinder = keystone_cinder(ks, "admin")
+        for s in cinder.volume_snapshots.list(search_opts={"all_tenants": 1}):
+            if s.name == "dash-snap-1":
+                cinder.volume_snapshots.delete(s)
         for v in made:  # what the UI did not get to delete
             try:
                 cinder.volumes.delete(v, cascade=True)
@@ -155,8 +205,9 @@ def test_admin_volume_type_with_extra_specs_and_pools(dash, san_admin):
     b.fill("id_name", "dash-gold")
     b.fill("id_vol_type_description", "thin zvols on the zol SAN")
     b.submit()
-    type_id, row = b.wait_row("volume_types", "/admin/volume_types/", "dash-gold")
     cinder = keystone_cinder(ks, "admin")
+    type_id = b.see("volume_types", "/admin/volume_types/", "dash-gold",
+                    "thin zvols on the zol SAN")
     vol = None
     try:
         for key, value in (("volume_backend_name", "zol-thin"), ("provisioning:type", "thin")):
@@ -185,8 +236,8 @@ def test_admin_volume_type_with_extra_specs_and_pools(dash, san_admin):
 
         # the pools: by name in the admin's migrate form, capacity from the driver's stats
         b.go(f"/admin/volumes/{vol.id}/migrate")
-        hosts = [li.get_attribute("textContent").strip()
-                 for li in b.css("li[data-select-value]")]
+        hosts = [a.get_attribute("textContent").strip()
+                 for a in b.css("a[data-select-value]")]
         assert "zol-cinder-stack@zol-thick#zol-thick" in hosts, hosts
         pools = stack.pools()
         thin = next(c for n, c in pools.items() if n.endswith("@zol-thin#zol-thin"))
