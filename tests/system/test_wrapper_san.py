@@ -144,6 +144,49 @@ def test_real_zfs_allowed(cinder, admin):
     assert rc == 1
 
 
+def test_volume_type_grammar_on_real_zfs(cinder, admin):
+    """Issue 11 through the restricted key on OpenZFS 2.1: a create with a type's properties,
+    a group snapshot in one command (one createtxg), copy-data 16K -> 128K with the same bytes
+    (thin target stays thin), zfs set/inherit, a rename into the other parent and back."""
+    src, dst = SCRATCH + "-t16", SCRATCH + "-t128"
+    mib = 1024 * 1024
+    try:
+        cinder.ok(["zfs", "create", "-b", "16384", "-o", "compression=zstd", "-o",
+                   "sync=always", "-V", str(SIZE), src])
+        cinder.ok(["zfs", "create", "-s", "-b", "131072", "-o", "compression=lz4", "-V",
+                   str(SIZE), dst])
+        got = cinder.ok(["zfs", "get", "-H", "-p", "-o", "name,property,value",
+                         "compression,sync,volblocksize", src]).split()
+        assert got[2::3] == ["zstd", "always", "16384"], got
+        cinder.ok(["zol-wrapper", "wait-zvol", src, "60"])
+        admin.ok(["sh", "-c", f"head -c {3 * mib} /dev/urandom | dd of=/dev/zvol/{src} "
+                  f"bs=1M seek=2 conv=fsync status=none"])
+        cinder.ok(["zfs", "snapshot", src + "@g", dst + "@g"])
+        txgs = admin.ok(["zfs", "get", "-H", "-p", "-o", "value", "createtxg",
+                         src + "@g", dst + "@g"]).split()
+        assert len(txgs) == 2 and txgs[0] == txgs[1], txgs
+        cinder.ok(["zfs", "destroy", dst + "@g"])
+        cinder.ok(["zfs", "destroy", src + "@g"])
+        out = cinder.ok(["zol-wrapper", "copy-data", src, dst], timeout=600)
+        assert out.startswith(f"copied {src} -> {dst} bytes={SIZE} nonzero={3 * mib}"), out
+        sums = admin.ok(["sha256sum", "/dev/zvol/" + src, "/dev/zvol/" + dst]).split()
+        assert sums[0] == sums[2], sums
+        used = int(admin.ok(["zfs", "get", "-H", "-p", "-o", "value", "used", dst]))
+        assert used < 8 * mib, used                      # zero chunks skipped: still thin
+        cinder.ok(["zfs", "set", "compression=zstd-fast-1000", dst])
+        cinder.ok(["zfs", "inherit", "compression", dst])
+        assert cinder.ok(["zfs", "get", "-H", "-p", "-o", "name,property,value",
+                          "compression", dst]).split()[2] == "off"
+        moved = "zol/cinder-thick/" + dst.rpartition("/")[2]
+        cinder.ok(["zfs", "rename", dst, moved])
+        cinder.ok(["zfs", "rename", moved, dst])
+        rc, _, err = cinder.run(["zfs", "set", "compression=zstd-20", dst])
+        assert rc == 64 and "compression must be one of" in err
+    finally:
+        admin.run(["sh", "-c", f"zfs destroy -r {src}; zfs destroy -r {dst}; "
+                   f"zfs destroy -r zol/cinder-thick/{dst.rpartition('/')[2]}"])
+
+
 DENIED = [
     ["zfs", "destroy", "-r", "zol"],
     ["zfs", "destroy", "-r", "zol/cinder"],
