@@ -105,12 +105,18 @@ def downloaded(before: dict[str, int], after: dict[str, int],
     return {"debs": len(new), "bytes": sum(new.values()), "cached_debs_used": used}
 
 
+# The code that shapes the tree (mmdebstrap's command, the profile, normalisation, GRUB): a
+# change in any of these is a tree cache miss; publishing or verify code is not.
+TREE_CODE = ("cache.py", "customize.py", "disk.py", "repro.py", "install/chroot.py")
+
+
 @dataclass(frozen=True)
 class TreeCache:
     """Finished trees (after the profile, normalised, before mkfs) keyed by EVERY input: the
     archive's Release dates, sources, package set, profile, format, SOURCE_DATE_EPOCH, the
-    mmdebstrap version and zol-image's own code.  A hit skips mmdebstrap: mkfs reads the cached
-    tree as it is (it is never written to).  Any change in the archive or the inputs is a miss.
+    mmdebstrap version and zol-image's tree-shaping code (TREE_CODE).  A hit skips mmdebstrap:
+    mkfs reads the cached tree as it is (never written to).  Any change in the archive or the
+    inputs is a miss.
     ``keep`` entries per release-arch survive (newest first)."""
 
     root: Path
@@ -124,8 +130,8 @@ class TreeCache:
     def key(inputs: dict) -> str:
         code = hashlib.sha256()
         pkg = Path(__file__).resolve().parent
-        for path in sorted(pkg.rglob("*.py")):
-            code.update(path.relative_to(pkg).as_posix().encode() + b"\0" + path.read_bytes())
+        for rel in TREE_CODE:
+            code.update(rel.encode() + b"\0" + (pkg / rel).read_bytes())
         blob = json.dumps({"inputs": inputs, "code": code.hexdigest()}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
