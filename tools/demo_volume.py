@@ -66,6 +66,24 @@ class San:
         return [line for line in out.splitlines() if line.startswith("Target ")]
 
 
+def client(stack: dict):
+    """A cinderclient: through the stack's Keystone (the admin's password from its 0600
+    credentials file) when the stack runs with auth_strategy keystone, else noauth."""
+    if not stack.get("keystone"):
+        return cinder_client(stack["api_url"], stack["project_id"])
+    from cinderclient import api_versions
+    from cinderclient.v3 import client as v3client
+    from keystoneauth1 import session
+    from keystoneauth1.identity import v3
+    ks = load(stack["keystone"]["run_dir"])
+    admin = json.loads(Path(ks["credentials"]).read_text())["admin"]
+    auth = v3.Password(auth_url=ks["auth_url"], username="admin", password=admin["password"],
+                       project_name=admin["project"], user_domain_name="Default",
+                       project_domain_name="Default")
+    return v3client.Client(session=session.Session(auth=auth),
+                           api_version=api_versions.APIVersion("3.64"))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sanvm", required=True, help="SAN VM run dir (tools/sanvm start)")
@@ -76,7 +94,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     san_state, stack = load(a.sanvm), load(a.stack)
     san = San(san_state)
-    cinder = cinder_client(stack["api_url"], stack["project_id"])
+    cinder = client(stack)
     parent = "zol/cinder" if a.type == "zol-thin" else "zol/cinder-thick"
 
     say("Cinder API %s (project %s); SAN VM ssh 127.0.0.1:%d, iSCSI 127.0.0.1:%d",

@@ -28,7 +28,7 @@ IMAGE_BYTES = b"".join(b"zol-dashboard-image %06d\n" % i for i in range(40000)) 
 pytestmark = pytest.mark.system
 
 
-def api_wait(get, want: str, timeout: float = 400, what: str = "resource"):
+def api_wait(get, want: str, timeout: float = 600, what: str = "resource"):
     """Poll Cinder (cheap) until `get()` has status `want`; the page is then read once."""
     deadline = time.monotonic() + timeout
     while True:
@@ -47,7 +47,7 @@ def by_name(manager, name: str):
     return found[0] if found else None
 
 
-def gone(manager, oid: str, timeout: float = 300, what: str = "resource") -> None:
+def gone(manager, oid: str, timeout: float = 600, what: str = "resource") -> None:
     from cinderclient import exceptions
     deadline = time.monotonic() + timeout
     while True:
@@ -65,7 +65,7 @@ def volsize(san_admin, ds: str) -> int | None:
     return int(r.stdout.strip()) if r.returncode == 0 else None
 
 
-def wait_san(san_admin, ds: str, want: int | None, timeout: float = 120) -> None:
+def wait_san(san_admin, ds: str, want: int | None, timeout: float = 300) -> None:
     """Until the zvol `ds` has volsize `want` (None: until it is gone)."""
     deadline = time.monotonic() + timeout
     while (got := volsize(san_admin, ds)) != want:
