@@ -82,3 +82,19 @@ def test_property_flag_and_retire_usage(capsys):
     assert args.properties == [("a", "b=c"), ("x", "")]
     assert cli.main(["retire", "--glance-endpoint", "http://127.0.0.1:9"]) == 2
     assert "IMAGE_ID or --series and --version" in capsys.readouterr().err
+
+
+def test_properties_from_config_file_then_command_line(tmp_path, monkeypatch):
+    monkeypatch.delenv("OS_TOKEN", raising=False)
+    conf_file = tmp_path / "ib.conf"
+    conf_file.write_text("[glance]\nproperties = site:lab,hw_vif_model:e1000\nkeep = 3\n"
+                         "tags = weekly\n")
+    from image_builder import build
+    args = cli.parser().parse_args(["--config-file", str(conf_file), "upload", "d",
+                                    "--property", "hw_vif_model=virtio", "--property",
+                                    "owner_team=cloud"])
+    s = build.Settings.from_conf(cli.load_conf(args))
+    assert s.glance_properties == {"site": "lab", "hw_vif_model": "virtio",
+                                   "owner_team": "cloud"}
+    pub = s.publication()
+    assert pub.options.keep == 3 and pub.options.tags == ["weekly"]
