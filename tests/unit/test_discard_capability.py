@@ -101,3 +101,20 @@ def test_unparsable_capabilities_is_a_warning_not_a_dead_backend(san, caplog):
     drv = make_driver(san)
     assert "capabilities` failed" in caplog.text
     assert _exported(drv, san, 66) == (False, False)
+
+
+def test_san_capabilities_parses_the_real_sans_answer():
+    """The verbatim answer of the SAN image's wrapper (tests/fixtures/san/)."""
+    from tests.unit.sanfixtures import capture
+    from zol_driver import ssh
+    c = capture("zol_wrapper_capabilities")
+    assert c["argv"] == ["zol-wrapper", "capabilities"] and c["via"] == "cinder"
+
+    class Ex:
+        def execute(self, argv, check=True, timeout=None, stdin=None):
+            assert argv == c["argv"]
+            return ssh.Result(tuple(argv), c["exit_code"], c["stdout"], c["stderr"])
+
+    caps = ssh.san_capabilities(Ex())
+    assert caps["unmap"] == "yes" and caps["tgt"].endswith("+zol1"), caps
+    assert W.tgt_can_unmap(caps["tgt"])

@@ -89,4 +89,4 @@ def test_protocol_version_parses_verbatim():
         def execute(self, argv, check=True, timeout=None, stdin=None):
             return ssh.Result(tuple(argv), 0, capture("zol_wrapper_version")["stdout"], "")
 
-    assert ssh.protocol_version(Ex()) == ("1.0.0", 1)
+    assert ssh.protocol_version(Ex()) == ("2.0.0", 2)
