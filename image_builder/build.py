@@ -526,6 +526,8 @@ class Builder:
                                   if k != "console_tail"}
         inventory = self.package_inventory({r: Path(f.path) for r, f in files.items()})
         manifest["package_count"] = len(inventory)
+        if not manifest["packages"]:      # --from-disk BARE: the image's own dpkg status
+            manifest["packages"] = sorted("%s=%s" % (p["name"], p["version"]) for p in inventory)
         manifest["sbom"] = sbom.write(self.out, manifest, inventory)
         publish.write_manifest(self.out, manifest)
         return manifest
