@@ -109,7 +109,9 @@ def test_retype_between_db_and_scratch_keeps_the_data(cinder, types, san_admin):
         for name in ("db", "scratch"):
             t0 = time.monotonic()
             cinder.volumes.retype(vol, name, "never")
-            vol = wait_status(lambda: cinder.volumes.get(vid), "available", what="volume")
+            # a block copy of the 1 GiB zvol on the SAN: ~2.5 min on a loaded 2-core host
+            vol = wait_status(lambda: cinder.volumes.get(vid), "available", timeout=900,
+                              what="volume")
             deadline = time.monotonic() + 120
             while cinder.volumes.get(vid).volume_type != name:
                 assert time.monotonic() < deadline, "retype did not finish"
