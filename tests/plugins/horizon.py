@@ -157,9 +157,10 @@ class Browser:
                 (label[0] if label and not box[0].is_displayed() else box[0]).click()
             assert box[0].is_selected(), f"row {oid} of {table} not ticked"
         self.css(f"#{table}__action_{action}")[0].click()
+        # the dialog's button carries the action's plural label ("Delete Volume Snapshots")
         btn = self.wait(lambda: [b for b in self.css(".modal-footer .btn")
-                                 if b.is_displayed() and b.text.strip() == confirm],
-                        20, f"confirm button {confirm!r}")
+                                 if b.is_displayed() and b.text.strip().startswith(confirm)],
+                        30, f"confirm button {confirm!r}")
         btn[0].click()
 
     def login(self, user: str, password: str) -> None:
@@ -173,8 +174,12 @@ class Browser:
                   "Invalid credentials" in self.text(), 60, "the login to finish")
 
     def logout(self) -> None:
+        """Sign out (the user menu's link), then make sure: the login form must show."""
         self.go("/auth/logout/")
-        self.d.delete_all_cookies()
+        self.go("/auth/login/")
+        if not self.css("#id_username"):
+            self.d.delete_all_cookies()
+            self.go("/auth/login/")
 
     def save(self, directory: Path, name: str) -> list[Path]:
         directory.mkdir(parents=True, exist_ok=True)
