@@ -31,6 +31,19 @@ def test_cinder_key_is_forced_through_the_wrapper(sanvm, san_admin):
     assert "uid=0" not in r.stdout
 
 
+def test_image_ships_the_patched_tgt_and_the_wrapper_says_it_can_unmap(san_admin):
+    """tgt = Debian's source + upstream fa97d3d (tools/sanvm.d), held at +zol1; the wrapper's
+    `capabilities` (what the driver announces discard from) reads that version."""
+    version = san_admin.out(["dpkg-query", "-W", "-f", "${Version}", "tgt"]).strip()
+    assert version.endswith("+zol1"), version
+    assert san_admin.out(["apt-mark", "showhold"]).split() == ["tgt"]
+    installed = set(san_admin.out(["dpkg-query", "-W", "-f", "${Package}\\n"]).split())
+    left = installed & {"debhelper", "librbd-dev", "libglusterfs-dev", "docbook-xsl"}
+    assert not left, "tgt build-deps left in the image: %s" % sorted(left)
+    caps = san_admin.out(["zol-wrapper", "capabilities"], key="cinder")
+    assert caps == "unmap=yes tgt=%s\n" % version, caps
+
+
 def test_zvol_exported_with_tgtadm_carries_data_over_iscsi(sanvm, san_admin):
     ds = "%s/sanvm-selftest-%s" % (sanvm["parents"][0], uuid.uuid4().hex[:8])
     iqn = "iqn.2010-10.org.openstack:sanvm-selftest-%s" % uuid.uuid4().hex[:8]

@@ -45,6 +45,7 @@ def test_hash_changes_with_each_part_of_the_recipe(mutate):
 def _repo_copy(tmp_path: Path) -> Path:
     (tmp_path / "wrappers").mkdir()
     shutil.copy(REPO / "wrappers" / "tgt-zol-restore.conf", tmp_path / "wrappers")
+    shutil.copytree(REPO / "tools" / "sanvm.d", tmp_path / "tools" / "sanvm.d")
     return tmp_path
 
 
@@ -54,6 +55,24 @@ def test_tgt_drop_in_is_part_of_the_recipe(tmp_path):
     with open(repo / "wrappers" / "tgt-zol-restore.conf", "a") as f:
         f.write("# changed\n")
     assert sanvm.recipe_hash(sanvm.recipe(repo)) != before
+
+
+@pytest.mark.parametrize("name", ["tgt-blkdiscard.patch", "build-tgt.sh"])
+def test_tgt_patch_and_build_script_are_part_of_the_recipe(tmp_path, name):
+    """The image's patched tgt is rebuilt when its patch or build script changes."""
+    repo = _repo_copy(tmp_path)
+    before = sanvm.recipe_hash(sanvm.recipe(repo))
+    with open(repo / "tools" / "sanvm.d" / name, "a") as f:
+        f.write("\n")
+    assert sanvm.recipe_hash(sanvm.recipe(repo)) != before
+
+
+def test_tgt_patch_names_upstream_and_patches_unmap():
+    patch = (REPO / "tools" / "sanvm.d" / "tgt-blkdiscard.patch").read_text()
+    assert "fa97d3df9d476c410a9a5a4ade357d8e7f67b23a" in patch.split("\n---\n")[0]
+    assert "+++ b/usr/util.h" in patch and "BLKDISCARD" in patch
+    steps = sanvm.recipe()["steps"]
+    assert any("build-tgt.sh" in s for s in steps)
 
 
 def test_wrapper_script_is_not_part_of_the_recipe(tmp_path):
@@ -70,7 +89,23 @@ def test_cache_dir_is_named_by_the_hash(tmp_path):
 
 
 def test_a_new_build_prunes_images_of_older_recipes_only(tmp_path):
-    for name in ("image-old", "image-new", "run"):
-        (tmp_path / "sanvm" / name).mkdir(parents=True)
-    sanvm.prune(tmp_path, keep=tmp_path / "sanvm" / "image-new")
-    assert sorted(p.name for p in (tmp_path / "sanvm").iterdir()) == ["image-new", "run"]
+    """Older images go, except the newest other one (a checkout without the new recipe still
+    starts) and any image a live VM boots from (per its run dir's state.json)."""
+    import json
+    import os
+    import time
+    base = tmp_path / "sanvm"
+    for age, name in enumerate(("image-new", "image-prev", "image-old", "image-used")):
+        (base / name).mkdir(parents=True)
+        os.utime(base / name, (time.time() - 100 * age,) * 2)
+    (base / "run" / "vm-live").mkdir(parents=True)
+    (base / "run" / "vm-live" / "state.json").write_text(json.dumps(
+        {"pid": os.getpid(), "image": str(base / "image-used")}))
+    (base / "run" / "vm-dead").mkdir(parents=True)
+    (base / "run" / "vm-dead" / "state.json").write_text(json.dumps(
+        {"pid": 2 ** 22 + 1, "image": str(base / "image-old")}))
+    sanvm.prune(tmp_path, keep=base / "image-new")
+    assert sorted(p.name for p in base.iterdir()) == ["image-new", "image-prev", "image-used",
+                                                      "run"]
+    sanvm.prune(tmp_path, keep=base / "image-new", spare=0)
+    assert sorted(p.name for p in base.iterdir()) == ["image-new", "image-used", "run"]
