@@ -110,7 +110,7 @@ class Settings:
     libvirt: dict[str, Any] = field(default_factory=dict)
     # Speed and reproducibility (image_builder.cache, image_builder.repro).
     package_cache: bool = True
-    tree_cache: bool = True
+    tree_cache: bool = False
     cache_dir: str = ""
     source_date_epoch: int = 0
     # From the recipe (recipe.Recipe): packages removed, what the profile copies/runs, and

@@ -203,8 +203,10 @@ def tree_listing(root: str | os.PathLike) -> dict[str, tuple]:
                 what = sha256(path)
             else:
                 what = ""
+            # debugfs rdump cannot set a symlink's times: they are not compared.
+            mtime = None if stat.S_ISLNK(st.st_mode) else int(st.st_mtime)
             out[rel] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_uid,
-                        st.st_gid, int(st.st_mtime), st.st_size, what)
+                        st.st_gid, mtime, st.st_size, what)
     return out
 
 
