@@ -30,6 +30,7 @@ import shlex
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import uuid as uuidlib
 from collections.abc import Callable
@@ -432,6 +433,7 @@ def launch(*, root: str, root_fmt: str, workdir: Path, flavor_bytes: int, timeou
     overlay, iso = workdir / "instance.qcow2", workdir / "config-drive.iso"
     key, drive_tree = workdir / "id_verify", workdir / "config-drive"
     console, pidfile, qga = workdir / "console.log", workdir / "qemu.pid", workdir / "qga.sock"
+    qga_dir = None
     temporary = (overlay, iso, key, key.with_suffix(".pub"), pidfile, qga)
     for p in temporary + (console,):
         p.unlink(missing_ok=True)
@@ -451,6 +453,9 @@ def launch(*, root: str, root_fmt: str, workdir: Path, flavor_bytes: int, timeou
     result: dict = {"nic": str(nic), "network": network, "accel": accel,
                     "flavor_bytes": flavor_bytes, "hostname": hostname}
     try:
+        if len(str(qga)) > SUN_PATH_MAX:  # deep output dir: the socket goes in a short private dir
+            qga_dir = Path(tempfile.mkdtemp(prefix="zol-qga-"))
+            qga = qga_dir / "qga.sock"
         run.run(overlay_argv(os.path.abspath(root), root_fmt, str(overlay), flavor_bytes))
         port = 0
         if ssh:
@@ -537,9 +542,15 @@ def launch(*, root: str, root_fmt: str, workdir: Path, flavor_bytes: int, timeou
             stop(proc)
         for p in temporary:
             p.unlink(missing_ok=True)
+        if qga_dir is not None:
+            run.remove_tree(qga_dir)
         run.remove_tree(drive_tree)
         if console.exists():
             result["console_tail"] = _tail(console.read_text(errors="replace"), 1500)
+
+
+# sockaddr_un.sun_path is 108 bytes with its NUL; qemu refuses longer socket paths
+SUN_PATH_MAX = 107
 
 
 def _check_alive(proc: subprocess.Popen, text: str, what: str) -> None:
