@@ -57,9 +57,22 @@ def horizon_server(keystone_server, tmp_path_factory):
 class Browser:
     """One Chromium session on the dashboard; methods are the steps a person takes."""
 
-    def __init__(self, driver, base_url: str):
-        self.d = driver
+    def __init__(self, start, base_url: str):
+        """`start()` returns (driver, cleanup): a new Chromium with an empty profile."""
+        self._start = start
+        self.d, self._cleanup = start()
         self.base = base_url.rstrip("/")
+
+    def fresh(self) -> None:
+        """A new Chromium with an empty profile: no cookie or session of an earlier user.
+        (Logging out through the page was not enough: after the member's lifecycle the
+        admin's login came back to the member's session.)"""
+        self.close()
+        self.d, self._cleanup = self._start()
+
+    def close(self) -> None:
+        self.d.quit()
+        self._cleanup()
 
     # -- navigation and reading ---------------------------------------------------------------
     def go(self, path: str) -> None:
@@ -164,7 +177,7 @@ class Browser:
         btn[0].click()
 
     def login(self, user: str, password: str) -> None:
-        self.logout()
+        self.fresh()
         self.go("/auth/login/")
         self.wait(lambda: self.css("#id_username"), 60, "the login form")
         self.fill("id_username", user)
@@ -172,14 +185,10 @@ class Browser:
         self.css("#loginBtn")[0].click()
         self.wait(lambda: not self.path().startswith("/auth/login") or
                   "Invalid credentials" in self.text(), 60, "the login to finish")
-
-    def logout(self) -> None:
-        """Sign out (the user menu's link), then make sure: the login form must show."""
-        self.go("/auth/logout/")
-        self.go("/auth/login/")
-        if not self.css("#id_username"):
-            self.d.delete_all_cookies()
-            self.go("/auth/login/")
+        if not self.path().startswith("/auth/login"):  # signed in: as the right user?
+            names = self.wait(lambda: self.css(".user-menu .user-name"), 60, "the user menu")
+            who = names[0].get_attribute("textContent").strip() if names else ""
+            assert who == user, f"logged in as {who!r}, wanted {user!r} (path {self.path()})"
 
     def save(self, directory: Path, name: str) -> list[Path]:
         directory.mkdir(parents=True, exist_ok=True)
@@ -198,21 +207,27 @@ def browser(request, horizon_server, tmp_path_factory):
                         "tools/install does it)", pytrace=False)
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
-    profile = Path(tempfile.mkdtemp(prefix="zol-chromium-"))
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = str(CHROMIUM)
-    for flag in CHROMIUM_FLAGS + [f"--user-data-dir={profile}"]:
-        opts.add_argument(flag)
-    service = Service(str(CHROMEDRIVER), log_output=str(profile) + ".chromedriver.log")
-    driver = webdriver.Chrome(options=opts, service=service)
-    driver.set_page_load_timeout(180)
-    b = Browser(driver, horizon_server["url"])
+
+    def start():
+        profile = Path(tempfile.mkdtemp(prefix="zol-chromium-"))
+        opts = webdriver.ChromeOptions()
+        opts.binary_location = str(CHROMIUM)
+        for flag in CHROMIUM_FLAGS + [f"--user-data-dir={profile}"]:
+            opts.add_argument(flag)
+        service = Service(str(CHROMEDRIVER), log_output=str(profile) + ".chromedriver.log")
+        driver = webdriver.Chrome(options=opts, service=service)
+        driver.set_page_load_timeout(180)
+
+        def cleanup():
+            shutil.rmtree(profile, ignore_errors=True)
+            Path(str(profile) + ".chromedriver.log").unlink(missing_ok=True)
+        return driver, cleanup
+
+    b = Browser(start, horizon_server["url"])
     request.config.stash[BROWSER_KEY] = b
     yield b
     request.config.stash[BROWSER_KEY] = None
-    driver.quit()
-    shutil.rmtree(profile, ignore_errors=True)
-    Path(str(profile) + ".chromedriver.log").unlink(missing_ok=True)
+    b.close()
 
 
 @pytest.hookimpl(hookwrapper=True)
