@@ -134,6 +134,17 @@ def wait_gone(get, timeout: float = 180, what: str = "resource") -> None:
         time.sleep(1)
 
 
+def stop_and_check(mod, state: dict) -> None:
+    """Stop a stack started by a fixture and assert that none of its processes (services,
+    rabbitmq + epmd, etcd) outlived `cinder-stack stop`."""
+    pids = dict(state["pids"], rabbit=state["rabbit"]["pid"], epmd=state["rabbit"]["epmd_pid"])
+    if "etcd" in state:
+        pids["etcd"] = state["etcd"]["pid"]
+    mod.stop(state)
+    left = {name: pid for name, pid in pids.items() if mod._alive(pid)}
+    assert not left, f"processes still running after cinder-stack stop: {json.dumps(left)}"
+
+
 @pytest.fixture(scope="session")
 def cinder_stack_module():
     return load_stack_module()
@@ -158,10 +169,7 @@ def cinder_stack(request, sanvm, tmp_path_factory, cinder_stack_module):
         pytest.fail(f"Cinder stack did not start: {exc}", pytrace=False)
     stack = CinderStack(state, mod)
     yield stack
-    pids = dict(state["pids"], rabbit=state["rabbit"]["pid"], epmd=state["rabbit"]["epmd_pid"])
-    mod.stop(state)
-    left = {name: pid for name, pid in pids.items() if mod._alive(pid)}
-    assert not left, f"processes still running after cinder-stack stop: {json.dumps(left)}"
+    stop_and_check(mod, state)
 
 
 @pytest.fixture

@@ -128,7 +128,7 @@ def keystone_cinder_stack(sanvm, keystone_server, keystone_glance, tmp_path_fact
                           cinder_stack_module):
     """Real Cinder (api with auth_strategy=keystone) on the session SAN VM, Glance behind
     Keystone for image flows; registered as the volumev3 and block-storage endpoints."""
-    from tests.plugins.cinder import CinderStack
+    from tests.plugins.cinder import CinderStack, stop_and_check
     mod = cinder_stack_module
     reuse = os.environ.get("ZOL_KEYSTONE_CINDER_STATE")
     if reuse:
@@ -141,7 +141,4 @@ def keystone_cinder_stack(sanvm, keystone_server, keystone_glance, tmp_path_fact
         pytest.fail(f"Cinder stack (keystone auth) did not start: {exc}", pytrace=False)
     stack = CinderStack(state, mod)
     yield stack
-    pids = dict(state["pids"], rabbit=state["rabbit"]["pid"], epmd=state["rabbit"]["epmd_pid"])
-    mod.stop(state)
-    left = {name: pid for name, pid in pids.items() if mod._alive(pid)}
-    assert not left, f"processes still running after cinder-stack stop: {json.dumps(left)}"
+    stop_and_check(mod, state)

@@ -15,7 +15,6 @@ both loading zol_driver against the session SAN VM through the restricted cinder
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
@@ -25,7 +24,8 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import iscsi
-from tests.plugins.cinder import CinderStack, iscsi_write_flushed, wait_gone, wait_status
+from tests.plugins.cinder import (CinderStack, iscsi_write_flushed, stop_and_check, wait_gone,
+                                  wait_status)
 from tests.system.test_cinder_flows import MIB, THIN, attach, detach, zfs_names
 
 pytestmark = [pytest.mark.system, pytest.mark.slow]
@@ -45,10 +45,7 @@ def cluster(sanvm, tmp_path_factory, cinder_stack_module):
     stack.client().quotas.update(state["project_id"], volumes=-1, snapshots=-1, gigabytes=-1)
     yield stack
     _delete_everything(stack.client())
-    pids = dict(state["pids"], rabbit=state["rabbit"]["pid"], etcd=state["etcd"]["pid"])
-    mod.stop(state)
-    left = {name: pid for name, pid in pids.items() if mod._alive(pid)}
-    assert not left, f"processes still running after cinder-stack stop: {json.dumps(left)}"
+    stop_and_check(mod, state)
 
 
 def _delete_everything(cinder) -> None:
