@@ -32,3 +32,36 @@ def pytest_runtest_makereport(item, call):
         reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
         rep.outcome = "failed"
         rep.longrepr = "skipped in CI (%s tier must run): %s" % (tier, reason)
+
+
+# -- per-tier time (the CI budget is per run; this says where it goes) --------------------------
+_tier_time: dict[str, list[float]] = {}   # tier -> [seconds in setup+call+teardown, tests]
+
+
+def _tier(item_or_report) -> str:
+    path = str(getattr(item_or_report, "fspath", "") or getattr(item_or_report, "nodeid", ""))
+    for tier in ("unit", "functional", "system"):
+        if "tests/%s/" % tier in path.replace(os.sep, "/") or path.startswith(tier + "/"):
+            return tier
+    return "other"
+
+
+def pytest_runtest_logreport(report):
+    acc = _tier_time.setdefault(_tier(report), [0.0, 0])
+    acc[0] += report.duration
+    if report.when == "call":
+        acc[1] += 1
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _tier_time:
+        return
+    terminalreporter.section("time per tier (setup + call + teardown, session fixtures "
+                             "counted where first used)")
+    total = sum(v[0] for v in _tier_time.values())
+    for tier in ("unit", "functional", "system", "other"):
+        if tier in _tier_time:
+            secs, n = _tier_time[tier]
+            terminalreporter.write_line("%-10s %5d tests %8.1f s (%4.1f min)"
+                                        % (tier, n, secs, secs / 60))
+    terminalreporter.write_line("%-10s %14.1f s (%4.1f min)" % ("all", total, total / 60))
