@@ -9,7 +9,10 @@ One run, four builds: ours cold, DIB cold (each with an EMPTY cache of its own: 
 cache via --cache-dir, DIB's image cache via DIB_IMAGE_CACHE), then ours warm and DIB warm (each
 reusing the cache its cold build filled: ours = package cache + tree cache, DIB = its image
 cache).  Prints every time, each cache's state before the build, the ratios ours/DIB cold and
-warm, whether our warm build is bit-identical to the cold one, and the host load average.
+warm, where each build spent its time (our stages with the install split into mmdebstrap,
+the profile's commands, mkfs and the filesystem normalisation; DIB's phases from the
+PROFILING tables of dib-run-parts, the rest as "other"), whether our warm build is
+bit-identical to the cold one, and the host load average.
 Also prints our root fs against `resize2fs -P`'s estimated minimum (below 1: tighter than
 resize2fs -M reaches).
 
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -93,7 +97,40 @@ def build_ours(out: Path, cache_dir: Path) -> tuple[float, Path, dict]:
     return elapsed, out / "bench-ours" / "bench-ours.img", manifest
 
 
-def build_dib(out: Path, cache_dir: Path) -> tuple[float, Path]:
+PROFILE_LINE = re.compile(r"(\S+)\s+(\d+\.\d{3})\s*$")
+
+
+def dib_phases(log: str) -> dict[str, float]:
+    """Seconds per DIB phase (root.d, install.d, finalise.d, ...) summed over the PROFILING
+    tables dib-run-parts prints after each phase (a phase may run more than once)."""
+    phases: dict[str, float] = {}
+    target = None
+    for line in log.splitlines():
+        if "END PROFILING" in line:
+            target = None
+            continue
+        m = re.search(r"Target: (\S+)", line)
+        if m:
+            target = m.group(1)
+            continue
+        m = PROFILE_LINE.search(line)
+        if target and m:
+            phases[target] = round(phases.get(target, 0.0) + float(m.group(2)), 1)
+    return phases
+
+
+def ours_stages(manifest: dict) -> dict[str, float]:
+    """Our stages, the install stage split into its steps (manifest install_steps)."""
+    stages = {k: v for k, v in manifest["timings"].items() if k != "total"}
+    steps = manifest.get("install_steps") or {}
+    split = {"install." + k.replace("_seconds", ""): v for k, v in steps.items()
+             if isinstance(v, (int, float)) and "beside" not in k}
+    for cmd, sec in (steps.get("profile_seconds") or {}).items():
+        split["install.profile." + cmd] = sec
+    return dict(stages, **split)
+
+
+def build_dib(out: Path, cache_dir: Path) -> tuple[float, Path, dict[str, float]]:
     exe = ensure_dib()
     env = dict(os.environ, DIB_RELEASE="bookworm", DIB_DEBIAN_COMPONENTS="main",
                DIB_DISTRIBUTION_MIRROR=MIRROR, DIB_DEBIAN_SECURITY_MIRROR=SECURITY_MIRROR,
@@ -105,10 +142,13 @@ def build_dib(out: Path, cache_dir: Path) -> tuple[float, Path]:
                             "baremetal", "debian-minimal"], env=env, stdout=log,
                            stderr=subprocess.STDOUT, check=False)
     elapsed = time.monotonic() - start
+    text = (out / "dib.log").read_text(errors="replace")
     if r.returncode != 0:
-        tail = (out / "dib.log").read_text(errors="replace")[-3000:]
-        raise RuntimeError("disk-image-create failed (%d):\n%s" % (r.returncode, tail))
-    return elapsed, out / "dib.raw"
+        raise RuntimeError("disk-image-create failed (%d):\n%s" % (r.returncode, text[-3000:]))
+    phases = dib_phases(text)
+    phases["other (outside dib-run-parts: block device, mkfs, copy, convert)"] = round(
+        elapsed - sum(phases.values()), 1)
+    return elapsed, out / "dib.raw", phases
 
 
 def main() -> int:
@@ -134,8 +174,10 @@ def main() -> int:
                     result["ours_%s_sha256" % rnd] = {r: f["sha256"] for r, f in
                                                        manifest["files"].items()}
                     result["ours_%s_timings" % rnd] = manifest["timings"]
+                    result["ours_%s_stages" % rnd] = ours_stages(manifest)
                 else:
-                    t, img = build_dib(out, caches["dib"])
+                    t, img, phases = build_dib(out, caches["dib"])
+                    result["dib_%s_stages" % rnd] = phases
                 result["seconds"]["%s_%s" % (who, rnd)] = round(t, 1)
                 if rnd == "warm":
                     fs[who] = fs_numbers(img)
@@ -150,6 +192,12 @@ def main() -> int:
                                  sec["ours_" + rnd] / sec["dib_" + rnd],
                                  result["cache_before"]["ours_" + rnd] / MIB,
                                  result["cache_before"]["dib_" + rnd] / MIB))
+    for rnd in ("cold", "warm"):
+        for who in ("ours", "dib"):
+            print("%s %s stages (s): %s" % (who, rnd, ", ".join(
+                "%s %.1f" % kv for kv in result["%s_%s_stages" % (who, rnd)].items())))
+    print("ours tree cache: cold %s, warm %s" % (result["ours_cold_tree_cache"],
+                                                 result["ours_warm_tree_cache"]))
     print("ours warm == ours cold, bit for bit (root, kernel, initrd): %s"
           % (result["ours_warm_sha256"] == result["ours_cold_sha256"]))
     print("load average before %s, after %s" % (

@@ -110,7 +110,7 @@ class Settings:
     libvirt: dict[str, Any] = field(default_factory=dict)
     # Speed and reproducibility (image_builder.cache, image_builder.repro).
     package_cache: bool = True
-    tree_cache: bool = False
+    tree_cache: bool = True
     cache_dir: str = ""
     source_date_epoch: int = 0
     # From the recipe (recipe.Recipe): packages removed, what the profile copies/runs, and
@@ -321,15 +321,21 @@ class Builder:
                     final_root = self.shrink(root, installed)
                 files = {"kernel": kernel, "ramdisk": initrd, "root": final_root}
             with contextlib.ExitStack() as hashing:
-                # Hashing only reads what verify only reads: it runs beside the launch.
+                # Hashing and the SBOM's package inventory (debugfs on the AMI root fs; a
+                # BARE disk's is read by qemu-img later) only read what verify only reads:
+                # they run beside the launch (without verify, beside each other).
                 hashes = self.start_hashing(files, hashing)
+                inventory = hashing.enter_context(concurrent.futures.ThreadPoolExecutor(
+                    1, thread_name_prefix="sbom")).submit(self.package_inventory, files) \
+                    if not bare else None
                 if self.s.verify:
                     with self.stage("verify"):
                         self.result["verify"] = self.verify(files)
                 with self.stage("hash"):
                     locals_ = {role: fut.result() for role, fut in hashes.items()}
-            with self.stage("manifest"):
-                manifest = self.manifest(installed, locals_, time.monotonic() - total, files)
+                with self.stage("manifest"):
+                    manifest = self.manifest(installed, locals_, time.monotonic() - total,
+                                             files, inventory=inventory and inventory.result())
             rollback.pop_all()
         if not self.s.keep_work:
             run.remove_tree(self.work)
@@ -374,6 +380,16 @@ class Builder:
                                         package_cache=installed.get("package_cache"),
                                         tree_cache=installed.get("tree_cache"),
                                         mmdebstrap_seconds=installed.get("mmdebstrap_seconds"))
+            # What the install stage spent its time on (the profile runs inside mmdebstrap).
+            self.result["install_steps"] = {
+                k: installed[k] for k in ("mmdebstrap_seconds", "profile_seconds",
+                                          "mkfs_seconds", "normalise_fs_seconds")
+                if k in installed}
+            if (installed.get("tree_cache") or {}).get("store_seconds") is not None:
+                self.result["install_steps"]["tree_store_seconds_beside_mkfs"] = \
+                    installed["tree_cache"]["store_seconds"]
+            LOG.info("install steps: %s", json.dumps(self.result["install_steps"],
+                                                      sort_keys=True))
             return installed
         from image_builder.install import libvirt as lv
         return lv.install(workdir=self.work, release=self.s.release, mirror=self.s.mirror,
@@ -492,7 +508,8 @@ class Builder:
                              on_started=lambda: self.inject("qemu"))
 
     def manifest(self, installed: dict[str, Any], files: dict[str, glance.LocalFile],
-                 total: float, paths: dict[str, Path] | None = None) -> dict[str, Any]:
+                 total: float, paths: dict[str, Path] | None = None,
+                 inventory: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         """manifest.json ("built, not published"), packages.json, the SPDX SBOM and
         SHA256SUMS: everything `zol-image upload` needs to publish this build later."""
         manifest = {
@@ -518,13 +535,15 @@ class Builder:
             "published": False,
             "settings": self.s.public(),
             "timings": dict(self.timings, total=round(total, 2)),
+            "install_steps": self.result.get("install_steps"),
         }
         if self.result.get("repro") is not None:
             manifest["repro"] = self.result["repro"]
         if manifest["verify"]:
             manifest["verify"] = {k: v for k, v in manifest["verify"].items()
                                   if k != "console_tail"}
-        inventory = self.package_inventory({r: Path(f.path) for r, f in files.items()})
+        if inventory is None:
+            inventory = self.package_inventory({r: Path(f.path) for r, f in files.items()})
         manifest["package_count"] = len(inventory)
         if not manifest["packages"]:      # --from-disk BARE: the image's own dpkg status
             manifest["packages"] = sorted("%s=%s" % (p["name"], p["version"]) for p in inventory)

@@ -117,10 +117,11 @@ class TreeCache:
     mmdebstrap version and zol-image's tree-shaping code (TREE_CODE).  A hit skips mmdebstrap:
     mkfs reads the cached tree as it is (never written to).  Any change in the archive or the
     inputs is a miss.
-    ``keep`` entries per release-arch survive (newest first)."""
+    ``keep`` entries per release-arch survive (most recently used first): a CI run builds a
+    few variants of one release (triplet, BARE, recipe, demo), each its own key."""
 
     root: Path
-    keep: int = 2
+    keep: int = 4
 
     @classmethod
     def for_build(cls, cache_dir: str, release: str, arch: str) -> TreeCache:
@@ -143,9 +144,13 @@ class TreeCache:
         return None
 
     def store(self, key: str, tree: Path, extra: dict[str, Path]) -> Path:
-        """Copy ``tree`` (and files such as GRUB's core.img) in, atomically by rename."""
+        """Copy ``tree`` (and files such as GRUB's core.img) in, atomically by rename.  An
+        entry another build completed meanwhile is kept as it is (a build may be reading it:
+        same key, same content)."""
         self.root.mkdir(parents=True, exist_ok=True)
         entry = self.root / key
+        if (entry / "complete").exists():
+            return entry
         tmp = Path(tempfile.mkdtemp(prefix=".store-", dir=self.root))
         try:
             subprocess.run(["cp", "-a", "--", str(tree), str(tmp / "tree")], check=True,
@@ -153,7 +158,10 @@ class TreeCache:
             for name, path in extra.items():
                 shutil.copy2(path, tmp / name)
             (tmp / "complete").write_text(key + "\n")
-            if entry.exists():
+            if (entry / "complete").exists():       # another build won the race
+                shutil.rmtree(tmp)
+                return entry
+            if entry.exists():                       # an incomplete leftover
                 shutil.rmtree(entry)
             os.rename(tmp, entry)
         except BaseException:

@@ -149,7 +149,7 @@ def parser() -> argparse.ArgumentParser:
                    help="keep .debs and apt lists in CACHE_DIR/apt between builds")
     b.add_argument("--tree-cache", action=argparse.BooleanOptionalAction, default=None,
                    help="reuse the finished tree of an identical earlier build (same archive "
-                        "state and inputs): no mmdebstrap")
+                        "state and inputs): no mmdebstrap, same bytes (default on)")
     b.add_argument("--cache-dir", help="cache directory (default $ZOL_CACHE_DIR or "
                    "~/.cache/zol-openstack)")
     b.add_argument("--source-date-epoch", type=int, help="SOURCE_DATE_EPOCH (default: the "

@@ -121,14 +121,14 @@ build_opts = [
                 help="Keep the downloaded .debs and apt lists in cache_dir/apt/RELEASE-ARCH "
                      "between builds (mmdebstrap sync-in/sync-out hooks): a rebuild downloads "
                      "only what changed in the archive."),
-    cfg.BoolOpt("tree_cache", default=False,
+    cfg.BoolOpt("tree_cache", default=True,
                 help="Keep the finished tree (after the profile, before mkfs) in "
                      "cache_dir/trees/RELEASE-ARCH keyed by every input (archive Release "
                      "dates, sources, packages, profile, format, SOURCE_DATE_EPOCH, mmdebstrap "
                      "and zol-image versions): a rebuild with nothing changed skips "
-                     "mmdebstrap.  The newest 2 trees per release-arch are kept.  Off by "
-                     "default: a hit gives the same files but not yet the same filesystem "
-                     "bytes (superblock write counters differ)."),
+                     "mmdebstrap, and mkfs makes the same bytes as from a fresh tree.  The "
+                     "4 most recently used trees per release-arch are kept (~0.8 GiB "
+                     "each)."),
     cfg.StrOpt("cache_dir", default="",
                help="Cache directory; empty: $ZOL_CACHE_DIR, else ~/.cache/zol-openstack."),
     cfg.IntOpt("source_date_epoch", default=0, min=0,

@@ -140,11 +140,16 @@ def publish(build_dir: str | os.PathLike, client: Any, pub: Publication, *,
     manifest = read_manifest(build_dir)
     files = {}
     for role, meta in manifest["files"].items():
-        local = glance.hash_file(build_dir / meta["path"], role)
-        if local.sha512 != meta["sha512"]:
-            raise exception.GlanceError(reason="%s changed since the build (sha512 differs "
-                                        "from manifest.json)" % local.path)
-        files[role] = local
+        # The build's hashes, not a second pass over the files: the upload hashes what it
+        # sends and fails (rolling back) when that differs from them, Glance's own hashes
+        # are compared too.
+        path = build_dir / meta["path"]
+        size = path.stat().st_size if path.exists() else None
+        if size != meta["size"]:
+            raise exception.GlanceError(reason="%s changed since the build (%s bytes, "
+                                        "manifest.json says %d)" % (path, size, meta["size"]))
+        files[role] = glance.LocalFile(role, str(path), size, meta["md5"], meta["sha256"],
+                                       meta["sha512"])
     names, props, min_disk = describe(manifest, build_dir, pub)
     publisher = glance.Publisher(client, options=pub.options, progress=progress)
     build_id = next(iter(props.values()))["zol_build_id"]

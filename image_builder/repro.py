@@ -8,7 +8,8 @@ The pieces (each unit tested):
 * The filesystem UUID and the directory hash seed are derived from the build inputs (a UUIDv5
   over their JSON), never random; ``E2FSPROGS_FAKE_TIME`` fixes the superblock times and the
   inodes' creation time, a ``debugfs`` pass sets the change/access times (which ``mkfs -d``
-  copies from the host's inodes) to the epoch.
+  copies from the host's inodes) to the epoch and the superblock's write counter
+  (``s_kbytes_written``, which depends on how the writer buffered, not on the content) to 0.
 * ``compare`` lists what differs between two builds, down to the files inside the root image
   (debugfs ``rdump`` of both, mount-free, then a walk comparing type, mode, owner, times,
   size, content hash and link target).
@@ -156,13 +157,25 @@ def used_inodes(count: int, free: list[tuple[int, int]]) -> list[int]:
 
 
 def inode_time_commands(inodes: list[int], epoch: int) -> str:
-    """debugfs commands setting ctime and atime (mkfs -d copies the host's) to ``epoch``."""
+    """debugfs commands setting ctime and atime (mkfs -d copies the host's) to ``epoch``,
+    then the superblock's write counter to 0 (see ``SUPERBLOCK_COMMANDS``)."""
     return "".join("sif <%d> ctime @%d\nsif <%d> atime @%d\n" % (i, epoch, i, epoch)
-                   for i in inodes)
+                   for i in inodes) + SUPERBLOCK_COMMANDS
+
+
+# s_kbytes_written ("Lifetime writes") counts what the writing processes wrote, which is not
+# a function of the content: mkfs -d from the tree cache wrote 1 MB more than mkfs -d from a
+# fresh tree (same files, same blocks: only this field and the superblock checksums differed,
+# in the primary and every backup superblock).  0 means "not recorded"; libext2fs adds a
+# session's writes at close only when the field is non-zero, so it stays 0.  debugfs writes
+# the primary superblock only: ``tune2fs -c -1`` (ext4's default, already set by mke2fs)
+# then rewrites every backup from it.
+SUPERBLOCK_COMMANDS = "ssv kbytes_written 0\n"
 
 
 def fix_inode_times(img: str | os.PathLike, epoch: int) -> int:
-    """One ``debugfs -w`` pass over every used inode (~1 s for 15000 inodes)."""
+    """One ``debugfs -w`` pass over every used inode (~1 s for 15000 inodes) and the write
+    counter, then every backup superblock rewritten from the primary (``tune2fs``)."""
     spec = os.fspath(img)
     inodes = used_inodes(*parse_free_inodes(run.out(["dumpe2fs", spec], env=mkfs_env(epoch))))
     with tempfile.NamedTemporaryFile("w", prefix="zol-sif-", suffix=".cmd") as cmds:
@@ -174,6 +187,7 @@ def fix_inode_times(img: str | os.PathLike, epoch: int) -> int:
     if errors:
         raise exception.DiskError(reason="debugfs could not set inode times: %s"
                                   % " | ".join(errors[:5]))
+    run.run(["tune2fs", "-c", "-1", spec], env=mkfs_env(epoch))
     return len(inodes)
 
 

@@ -4,12 +4,13 @@ The filesystem tests run the real e2fsprogs on small trees (~1 s in all)."""
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 
 import pytest
 
-from image_builder import cache, customize, disk, repro
+from image_builder import cache, customize, disk, repro, run
 from image_builder.install import chroot
 
 EPOCH = 1700000000
@@ -75,15 +76,51 @@ def test_normalise_tree_clamps_new_mtimes_and_drops_random_files(tmp_path):
     assert not (tree / "var/lib/systemd/random-seed").exists()
 
 
-def build_fs(tree: Path, img: Path, offset: int = 0) -> None:
+def build_fs(tree: Path, img: Path, offset: int = 0, writes: int = 0,
+             disk_mb: int = 96) -> None:
+    """``writes``: a write counter other than mkfs' own (what another writer, such as
+    mkfs reading a tree cached on another filesystem, leaves)."""
     ids = repro.fs_ids({"test": 1})
     if offset:
-        part = disk.new_partitioned_disk(img, 96 * disk.MIB, "0x" + ids["uuid"][:8])
+        part = disk.new_partitioned_disk(img, disk_mb * disk.MIB, "0x" + ids["uuid"][:8])
         offset = part.offset
     repro.normalise_tree(tree, EPOCH)
     disk.mkfs_from_tree(tree, img, 0.1, uuid=ids["uuid"], hash_seed=ids["hash_seed"],
                         offset=offset, env=repro.mkfs_env(EPOCH))
+    if writes:
+        run.run(["debugfs", "-w", "-R", "ssv kbytes_written %d" % writes,
+                 disk.fs_spec(img, offset)], env=repro.mkfs_env(EPOCH))
+        run.run(["tune2fs", "-c", "-1", disk.fs_spec(img, offset)], env=repro.mkfs_env(EPOCH))
     assert repro.fix_inode_times(disk.fs_spec(img, offset), EPOCH) > 40
+
+
+def superblocks(spec: str) -> list[str]:
+    """dumpe2fs -h of the primary and of every backup superblock."""
+    head = run.out(["dumpe2fs", "-h", spec])
+    backups = [int(n) for n in re.findall(r"Backup superblock at (\d+)",
+                                          run.out(["dumpe2fs", spec]))]
+    assert backups
+    return [head] + [run.out(["dumpe2fs", "-o", "superblock=%d" % n, "-o", "blocksize=4096",
+                              "-h", spec]) for n in backups]
+
+
+@pytest.mark.parametrize("offset", [0, 1], ids=["ami-root", "bare-disk"])
+def test_write_counter_does_not_depend_on_the_writer(tmp_path, offset):
+    """A tree cache hit made the same files and blocks as a fresh tree but another
+    'Lifetime writes' in every superblock: the normalisation zeroes it in all of them."""
+    a = make_tree(tmp_path / "a")
+    b = make_tree(tmp_path / "b")
+    for tree in (a, b):          # > 128 MiB: block groups 1 and 3 carry backup superblocks
+        with open(tree / "usr/sparse", "wb") as f:
+            f.truncate(400 * disk.MIB)
+        os.utime(tree / "usr/sparse", (EPOCH - 1000, EPOCH - 1000))
+    build_fs(a, tmp_path / "a.img", offset, disk_mb=600)
+    build_fs(b, tmp_path / "b.img", offset, writes=777777, disk_mb=600)
+    assert repro.sha256(tmp_path / "a.img") == repro.sha256(tmp_path / "b.img")
+    off = 2048 * 512 if offset else 0
+    for text in superblocks(disk.fs_spec(tmp_path / "b.img", off)):
+        assert "Lifetime writes" not in text          # 0: not recorded
+    run.run(["e2fsck", "-f", "-n", disk.fs_spec(tmp_path / "b.img", off)])
 
 
 @pytest.mark.parametrize("offset", [0, 1], ids=["ami-root", "bare-disk"])
@@ -134,7 +171,7 @@ def test_free_inode_ranges():
     assert repro.used_inodes(count, free) == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 16, 17,
                                               19, 20]
     assert repro.inode_time_commands([12], EPOCH) == (
-        "sif <12> ctime @%d\nsif <12> atime @%d\n" % (EPOCH, EPOCH))
+        "sif <12> ctime @%d\nsif <12> atime @%d\nssv kbytes_written 0\n" % (EPOCH, EPOCH))
 
 
 def test_package_cache_hooks_prune_and_download_count(tmp_path):
@@ -208,10 +245,14 @@ def test_tree_cache_keys_store_lookup_and_prune(tmp_path):
     assert repro.tree_listing(entry / "tree") == repro.tree_listing(tree)   # cp -a: all kept
     assert os.stat(entry / "tree/etc/hostname").st_ino == \
         os.stat(entry / "tree/etc/hostname.hard").st_ino
-    for i in range(3):
+    # A complete entry is never replaced (a concurrent build may be reading it).
+    (tree / "etc/hostname").write_text("changed\n")
+    assert tc.store(k1, tree, {}) == entry
+    assert (entry / "tree/etc/hostname").read_text() == "debian\n"
+    for i in range(5):
         time.sleep(0.01)
         tc.store("k%d" % i, tree, {})
-    assert sorted(p.name for p in tc.root.iterdir()) == ["k1", "k2"]      # keep = 2
+    assert sorted(p.name for p in tc.root.iterdir()) == ["k1", "k2", "k3", "k4"]  # keep = 4
 
 
 @pytest.mark.parametrize("profile", ["cloud", "none"])
