@@ -356,3 +356,303 @@ def protocol_version(executor: Executor) -> tuple[str, int]:
     except ValueError as exc:
         raise exception.ParseError(what="zol-wrapper version", reason="protocol not a number",
                                    line=res.stdout.strip()[:200]) from exc
+
+
+# ------------------------------------------------------------------------------------------
+# Streams: one command's stdout piped into another command's stdin through this host
+# (zfs send | zfs receive between two parents or two SANs; zol_driver/transfer.py).
+# ------------------------------------------------------------------------------------------
+
+STREAM_CHUNK = 1024 * 1024        # bytes moved per write (the stream is never held whole)
+STDERR_KEEP = 16 * 1024           # tail of each side's stderr kept for the error message
+PROGRESS_INTERVAL = 1.0           # progress() at most once a second
+PROGRESS_LOG_INTERVAL = 30.0      # an INFO line with MiB/s this often
+
+
+@dataclasses.dataclass(frozen=True)
+class PipeResult:
+    """What pipe() moved: bytes through this host, wall seconds."""
+
+    bytes: int
+    seconds: float
+
+    @property
+    def mib_per_s(self) -> float:
+        return self.bytes / 1048576 / self.seconds if self.seconds > 0 else 0.0
+
+
+class _Tail:
+    """The last STDERR_KEEP bytes of a stream (a runaway stderr cannot fill memory)."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def add(self, chunk: bytes) -> None:
+        self.data += chunk
+        if len(self.data) > STDERR_KEEP:
+            del self.data[:len(self.data) - STDERR_KEEP]
+
+    def text(self) -> str:
+        return self.data.decode(errors="replace")
+
+
+class _ChannelStream:
+    """One command on its own channel of the executor's persistent SSH transport."""
+
+    def __init__(self, executor: SSHExecutor, argv: Sequence[str], sender: bool) -> None:
+        self.host = executor.host
+        self._sessions = executor._sessions
+        self._sessions.acquire()
+        try:
+            self.chan = executor._open_channel()
+            self.chan.exec_command(command_string(argv))
+        except BaseException:
+            self._sessions.release()
+            raise
+        self._closed = False
+        self._close_lock = threading.Lock()
+        self._err = _Tail()
+
+    def read(self, n: int, timeout: float) -> bytes:
+        self.chan.settimeout(max(timeout, 0.01))
+        return self.chan.recv(n)
+
+    def write(self, data: bytes, timeout: float) -> None:
+        self.chan.settimeout(max(timeout, 0.01))
+        self.chan.sendall(data)
+
+    def close_stdin(self) -> None:
+        if not self._closed:
+            self.chan.shutdown_write()
+
+    def finish(self, deadline: float) -> tuple[int | None, str]:
+        """Drain what is left, then (exit code, or None when killed or late; stderr tail)."""
+        if self._closed:
+            return None, self._err.text()
+        try:
+            while True:                       # stdout after the stream: discarded
+                self.chan.settimeout(max(deadline - time.monotonic(), 0.01))
+                if not self.chan.recv(65536):
+                    break
+            while True:
+                self.chan.settimeout(max(deadline - time.monotonic(), 0.01))
+                chunk = self.chan.recv_stderr(65536)
+                if not chunk:
+                    break
+                self._err.add(chunk)
+        except (TimeoutError, OSError, paramiko.SSHException, EOFError):
+            return None, self._err.text()
+        if not self.chan.status_event.wait(max(deadline - time.monotonic(), 0.01)):
+            return None, self._err.text()
+        code = self.chan.exit_status
+        return (code if code >= 0 else None), self._err.text()
+
+    def kill(self) -> None:
+        """Close the channel: sshd closes the command's pipes (a sender dies of EPIPE, a
+        receiver sees a truncated stream and keeps its resumable state)."""
+        if not self._closed:
+            try:
+                while self.chan.recv_stderr_ready():
+                    self._err.add(self.chan.recv_stderr(65536))
+            except (OSError, paramiko.SSHException, EOFError):
+                pass
+        self.close()
+
+    def close(self) -> None:
+        with self._close_lock:      # the watchdog thread may close it too
+            if self._closed:
+                return
+            self._closed = True
+        try:
+            self.chan.close()
+        finally:
+            self._sessions.release()
+
+
+class _ProcessStream:
+    """One command through the local wrapper (san_is_local), pipes on both ends; a thread
+    drains stderr (and a receiver's stdout) so the command never blocks on them."""
+
+    def __init__(self, executor: LocalExecutor, argv: Sequence[str], sender: bool) -> None:
+        self.host = executor.host
+        try:
+            self.proc = subprocess.Popen([*executor.prefix, "--", *argv],
+                                         stdin=subprocess.DEVNULL if sender else subprocess.PIPE,
+                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                         bufsize=0)
+        except FileNotFoundError as exc:
+            raise exception.ConfigError(option="zol_local_wrapper_command",
+                                        reason=f"{executor.prefix[0]} not found") from exc
+        self._err = _Tail()
+        self._threads = [threading.Thread(target=self._drain, args=(self.proc.stderr, self._err),
+                                          daemon=True)]
+        if not sender:
+            self._threads.append(threading.Thread(target=self._drain,
+                                                  args=(self.proc.stdout, _Tail()), daemon=True))
+        for t in self._threads:
+            t.start()
+        self._sender = sender
+
+    @staticmethod
+    def _drain(f, tail: _Tail) -> None:
+        try:
+            for chunk in iter(lambda: f.read(65536), b""):
+                tail.add(chunk)
+        except (OSError, ValueError):
+            pass
+
+    def read(self, n: int, timeout: float) -> bytes:
+        import selectors
+        assert self.proc.stdout is not None
+        with selectors.DefaultSelector() as sel:
+            sel.register(self.proc.stdout, selectors.EVENT_READ)
+            if not sel.select(max(timeout, 0.01)):
+                raise TimeoutError("no data from the sender")
+        return os.read(self.proc.stdout.fileno(), n)
+
+    def write(self, data: bytes, timeout: float) -> None:
+        assert self.proc.stdin is not None
+        view = memoryview(data)
+        while view:            # a raw pipe may take less than asked (the watchdog bounds it)
+            done = os.write(self.proc.stdin.fileno(), view)
+            view = view[done:]
+
+    def close_stdin(self) -> None:
+        if self.proc.stdin is not None and not self.proc.stdin.closed:
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                pass
+
+    def finish(self, deadline: float) -> tuple[int | None, str]:
+        self.close_stdin()
+        try:
+            if self._sender:
+                while self.read(65536, deadline - time.monotonic()):
+                    pass
+            code = self.proc.wait(timeout=max(deadline - time.monotonic(), 0.01))
+        except (TimeoutError, subprocess.TimeoutExpired, OSError):
+            return None, self._err.text()
+        for t in self._threads:
+            t.join(max(deadline - time.monotonic(), 0.01))
+        return code, self._err.text()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+
+    def close(self) -> None:
+        self.kill()
+        self.proc.wait()
+        self.close_stdin()
+        for t in self._threads:
+            t.join(5)
+        for f in (self.proc.stdout, self.proc.stderr):
+            if f is not None and not f.closed:
+                f.close()
+
+
+def _open_stream(executor: Executor, argv: Sequence[str],
+                 sender: bool) -> _ChannelStream | _ProcessStream:
+    if isinstance(executor, SSHExecutor):
+        return _ChannelStream(executor, argv, sender)
+    if isinstance(executor, LocalExecutor):
+        return _ProcessStream(executor, argv, sender)
+    raise exception.InvalidValue(kind="executor", value=repr(executor),
+                                 reason="streams need an SSHExecutor or a LocalExecutor")
+
+
+def pipe(src: Executor, src_argv: Sequence[str], dst: Executor, dst_argv: Sequence[str], *,
+         timeout: float, progress=None) -> PipeResult:
+    """Run src_argv on src and dst_argv on dst, src's stdout into dst's stdin, through here.
+
+    Chunks of STREAM_CHUNK bytes: never more than one chunk (plus the SSH window) in memory.
+    Both exit codes are waited for; CommandFailed (both stderrs, argv redacted) when either
+    side fails, the connection drops or `timeout` seconds pass.  A broken stream stops the
+    sender (EPIPE) and ends the receiver's stdin, so a resumable receiver keeps its state
+    (zol_driver/transfer.py resumes or aborts it).  progress(bytes_so_far) is called at most
+    once a second.
+    """
+    src_argv, dst_argv = tuple(src_argv), tuple(dst_argv)
+    command_string(src_argv)
+    command_string(dst_argv)
+    shown = (f"{shlex.join(redact(src_argv))} ({src.host}) | "
+             f"{shlex.join(redact(dst_argv))} ({dst.host})")
+    t0 = time.monotonic()
+    deadline = t0 + float(timeout)
+    LOG.info("Streaming %s", shown)
+    receiver = _open_stream(dst, dst_argv, sender=False)
+    try:
+        sender = _open_stream(src, src_argv, sender=True)
+    except BaseException:
+        receiver.close()
+        raise
+    expired = threading.Event()
+
+    def watchdog() -> None:      # blocking reads and writes cannot outlive the deadline
+        expired.set()
+        sender.kill()
+        receiver.kill()
+
+    timer = threading.Timer(max(deadline - time.monotonic(), 0), watchdog)
+    timer.daemon = True
+    timer.start()
+    moved = 0
+    broken = ""
+    last_progress = last_log = t0
+    try:
+        try:
+            sender.close_stdin()
+            buf = bytearray()
+            eof = False
+            while not eof:
+                while len(buf) < STREAM_CHUNK:
+                    chunk = sender.read(STREAM_CHUNK - len(buf), deadline - time.monotonic())
+                    if not chunk:
+                        eof = True
+                        break
+                    buf += chunk
+                if buf:
+                    receiver.write(bytes(buf), deadline - time.monotonic())
+                    moved += len(buf)
+                    buf.clear()
+                now = time.monotonic()
+                if progress is not None and now - last_progress >= PROGRESS_INTERVAL:
+                    last_progress = now
+                    progress(moved)
+                if now - last_log >= PROGRESS_LOG_INTERVAL:
+                    last_log = now
+                    LOG.info("Streaming %s: %.1f MiB in %.0f s (%.1f MiB/s)", shown,
+                             moved / 1048576, now - t0, moved / 1048576 / (now - t0))
+        except (TimeoutError, OSError, EOFError, paramiko.SSHException) as exc:
+            broken = f"stream broken after {moved} bytes: {exc or type(exc).__name__}"
+            sender.kill()
+        try:
+            receiver.close_stdin()
+        except (OSError, EOFError, paramiko.SSHException):
+            pass
+        src_code, src_err = sender.finish(deadline)
+        dst_code, dst_err = receiver.finish(deadline)
+    finally:
+        timer.cancel()
+        sender.close()
+        receiver.close()
+    seconds = time.monotonic() - t0
+    if expired.is_set() or broken or src_code != 0 or dst_code != 0:
+        why = (f"deadline of {timeout:.0f} s passed" if expired.is_set()
+               else broken or "a side exited non-zero")
+        detail = (f"{why}; sender exit {src_code}: {src_err.strip() or '-'}; receiver exit "
+                  f"{dst_code}: {dst_err.strip() or '-'}")
+        LOG.error("Stream %s failed after %d bytes in %.1f s: %s", shown, moved, seconds,
+                  detail)
+        raise exception.CommandFailed(
+            "Stream %(command)s failed: %(stderr)s", command=shown,
+            exit_code=dst_code if dst_code not in (0, None) else (src_code or -1),
+            stderr=detail, moved=moved, src_exit=src_code, dst_exit=dst_code,
+            src_stderr=src_err, dst_stderr=dst_err)
+    result = PipeResult(moved, seconds)
+    if progress is not None:
+        progress(moved)
+    LOG.info("Streamed %.1f MiB in %.1f s (%.1f MiB/s): %s", moved / 1048576, seconds,
+             result.mib_per_s, shown)
+    return result

@@ -31,7 +31,7 @@ ALLOWED_PROPS = frozenset((*ZPROPS,
     "refreservation", "reservation", "origin", "clones", "creation", "guid", "written",
     "usedbysnapshots", "usedbydataset", "usedbychildren", "compressratio", "logicalused",
     "logicalreferenced", "defer_destroy", "userrefs", "zol:iqn", "zol:lun",
-    "zol:initiators", "zol:deleted"))
+    "zol:initiators", "zol:deleted", "receive_resume_token"))
 # Protocol 2: the driver only sets the deletion mark; exports live in the wrapper's state file
 # (the v1 zol:iqn/zol:lun/zol:chap/zol:initiators properties are migrated by the wrapper).
 USER_PROPS = ("zol:deleted",)
@@ -45,6 +45,11 @@ NUMERIC_PROPS = frozenset(("volsize", "used", "available", "referenced", "volblo
 POLICY_PROPS = ("volblocksize", "refreservation", *ZPROPS)
 
 MAX_GROUP = 16    # snapshots in one `zfs snapshot` (a group snapshot)
+
+# `receive_resume_token` as OpenZFS 2.1 prints it (libzfs zfs_send_resume_token_to_nvlist):
+# "<version>-<checksum hex>-<packed size hex>-<compressed nvlist hex>", at most
+# ZFS_MAXPROPLEN (4096) characters in all.
+RESUME_TOKEN_RE = re.compile(r"[1-9][0-9]{0,3}-[0-9a-f]{1,16}-[0-9a-f]{1,16}-[0-9a-f]{16,4096}")
 
 # Properties the driver reads for one volume and its snapshots.
 VOLUME_PROPS = ("name", "type", "volsize", "used", "refreservation", "origin", "clones",
@@ -122,6 +127,15 @@ def check_zprop(name: str, value: str) -> str:
         raise exception.InvalidValue(kind=name, value=value,
                                      reason="one of " + ", ".join(ZPROPS[name]))
     return f"{name}={value}"
+
+
+def check_resume_token(token: str) -> str:
+    if not isinstance(token, str) or not RESUME_TOKEN_RE.fullmatch(token):
+        shown = token[:60] if isinstance(token, str) else token
+        raise exception.InvalidValue(kind="receive_resume_token", value=shown,
+                                     reason="not a token as zfs prints it "
+                                            "(N-hex-hex-hex, at most 4096 characters)")
+    return token
 
 
 def _types_arg(types: Iterable[str]) -> str:
@@ -465,3 +479,56 @@ class ZfsClient:
             raise exception.InvalidValue(kind="user property", value=prop,
                                          reason=f"one of {USER_PROPS}")
         self.run(["zfs", "inherit", prop, self.check_ds(ds)])
+
+    # -- send / receive (zol_driver/transfer.py pipes them through the Cinder host) ----------
+
+    def send_argv(self, snap: str, base: str | None = None) -> list[str]:
+        """``zfs send -L -e -c [-i BASE] SNAP``: large blocks, embedded data, compressed
+        records as they are on disk (a compressed volume crosses the wire compressed)."""
+        self.check_snap(snap)
+        argv = ["zfs", "send", "-L", "-e", "-c"]
+        if base is not None:
+            self.check_snap(base)
+            if base.partition("@")[0] != snap.partition("@")[0] or base == snap:
+                raise exception.InvalidName(kind="snapshot", name=base,
+                                            reason=f"an incremental base must be an older "
+                                                   f"snapshot of {snap.partition('@')[0]}")
+            argv += ["-i", base]
+        return argv + [snap]
+
+    def send_resume_argv(self, token: str) -> list[str]:
+        """``zfs send -t TOKEN``: the rest of an interrupted stream (the token carries the
+        snapshot, the offset and the -L/-e/-c flags)."""
+        return ["zfs", "send", "-t", check_resume_token(token)]
+
+    def receive_argv(self, ds: str, force: bool = False) -> list[str]:
+        """``zfs receive -s -u [-F] DS``: resumable (-s keeps a partial stream's state),
+        never mounted (-u); -F (incremental onto a replica) rolls DS back to its latest
+        snapshot first."""
+        self.check_ds(ds)
+        return ["zfs", "receive", "-s", "-u", *(["-F"] if force else []), ds]
+
+    def resume_token(self, ds: str) -> str | None:
+        """DS's ``receive_resume_token`` (a partial resumable receive), or None."""
+        self.check_ds(ds)
+        try:
+            value = self.get(ds, ("receive_resume_token",)).get("receive_resume_token")
+        except exception.DatasetNotFound:
+            return None
+        if not value:
+            return None
+        return check_resume_token(str(value))
+
+    def abort_receive(self, ds: str) -> bool:
+        """``zfs receive -A DS``: drop a partial resumable receive (a new DS disappears, an
+        existing one keeps its last complete snapshot); False when there was none."""
+        try:
+            self.run(["zfs", "receive", "-A", self.check_ds(ds)])
+        except exception.DatasetNotFound:
+            return False
+        except exception.ZfsError as exc:
+            if "resumable receive state" in exc.stderr or "does not exist" in exc.stderr:
+                return False
+            raise
+        LOG.info("Aborted the partial receive of %s (its resumable state is freed)", ds)
+        return True

@@ -7,15 +7,18 @@ management socket (tests/functional/test_wrapper_tgtd.py uses a real tgtd).
 """
 from __future__ import annotations
 
+import os
 import shlex
 import threading
+import time
 
 import paramiko
 import pytest
 
+from tests.helpers import fakestream
 from tests.helpers.fakesan import load_wrapper
 from tests.plugins.sshd import keygen, run_over_ssh
-from zol_driver import exception, ssh
+from zol_driver import exception, ssh, transfer, zfs
 
 pytestmark = pytest.mark.functional
 
@@ -207,3 +210,88 @@ def test_restore_exports_over_ssh(wrapper_sshd, client):
     assert run_over_ssh(client, f"zol-wrapper unexport {PREFIX}restored")[0] == 0
     fake.set_zfs_get([])
     fake.reset_tgt()
+
+
+# ------------------------------------------------------------------------------------------
+# Streams: zfs send on one connection, zfs receive on another, bytes through the driver.
+# ------------------------------------------------------------------------------------------
+
+def _executor(wrapper_sshd) -> ssh.SSHExecutor:
+    return ssh.SSHExecutor("127.0.0.1", port=wrapper_sshd.port, username="root",
+                           key_filename=str(wrapper_sshd.cinder_key),
+                           known_hosts_file=str(wrapper_sshd.known_hosts))
+
+
+def _fake_zfs_running(fake) -> list[int]:
+    """PIDs of fake zfs processes still alive (a stream must leave none behind)."""
+    pids = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().split(b"\0")
+        except OSError:
+            continue
+        if any(part == str(fake.zfs).encode() for part in cmd):
+            pids.append(int(pid))
+    return pids
+
+
+@pytest.fixture
+def two_sans(wrapper_sshd):
+    """Two connections (as to two SANs) and the ZfsClients of the two parents."""
+    a, b = _executor(wrapper_sshd), _executor(wrapper_sshd)
+    yield zfs.ZfsClient(a, "zol/cinder"), zfs.ZfsClient(b, "zol/cinder-thick")
+    a.close()
+    b.close()
+
+
+def test_stream_of_64_mib_through_sshd_and_the_wrapper_intact(wrapper_sshd, two_sans):
+    fake = wrapper_sshd.fake
+    src, dst = two_sans
+    size = 64 << 20
+    fake.set_send_size(size)
+    snap, target = V + "@zol-migrate-1", "zol/cinder-thick/" + V.rsplit("/", 1)[1]
+    seen = []
+    try:
+        res = ssh.pipe(src.executor, src.send_argv(snap), dst.executor,
+                       dst.receive_argv(target), timeout=300, progress=seen.append)
+        print(f"\n64 MiB through sshd + wrapper: {res.seconds:.1f} s, "
+              f"{res.mib_per_s:.1f} MiB/s")
+        assert fake.received()[target] == fakestream.expected(snap, size)
+        assert res.bytes > size and seen[-1] == res.bytes
+        assert fake.executed() == [["zfs", "receive", "-s", "-u", target],
+                                   ["zfs", "send", "-L", "-e", "-c", snap]]
+        assert _fake_zfs_running(fake) == []
+    finally:
+        fake.set_send_size(1 << 20)
+
+
+def test_killed_sender_is_resumed_or_leaves_the_receiver_clean(wrapper_sshd, two_sans):
+    fake = wrapper_sshd.fake
+    src, dst = two_sans
+    fake.set_send_size(16 << 20)
+    snap, target = V + "@zol-migrate-2", "zol/cinder-thick/volume-killed"
+    try:
+        # killed once after 4 MiB: the token resumes it, every byte arrives once
+        fake.kill_sender_after(4 << 20)
+        transfer.send(src, snap, dst, target, timeout=300)
+        assert fake.received()[target] == fakestream.expected(snap, 16 << 20)
+        assert [a[:3] for a in fake.executed() if a[1] == "send"] == [
+            ["zfs", "send", "-L"], ["zfs", "send", "-t"]]
+        # killed every time: aborted, nothing partial left, no process left
+        fake.clear()
+        target2 = target + "-2"
+        fake.kill_sender_after(4 << 20, times=5)
+        t0 = time.monotonic()
+        with pytest.raises(transfer.TransferFailed) as ei:
+            transfer.send(src, snap, dst, target2, timeout=300, resume_attempts=2)
+        assert "partial receive was aborted" in str(ei.value)
+        assert fake.executed()[-1] == ["zfs", "receive", "-A", target2]
+        assert target2 not in fake.received() and fake.partial_receives() == []
+        assert _fake_zfs_running(fake) == []
+        print(f"\nthree killed streams and the abort: {time.monotonic() - t0:.1f} s")
+    finally:
+        fake.set_send_size(1 << 20)
+        (fake.root / "send_kill").unlink(missing_ok=True)

@@ -13,6 +13,7 @@ import os
 import textwrap
 from pathlib import Path
 
+from tests.helpers import fakestream
 from tests.helpers.faketgtd import FakeTgtd
 from tests.helpers.scripts import load_script
 
@@ -42,6 +43,11 @@ FAKE_ZFS = textwrap.dedent('''\
             sys.stdout.write(open(D + "/zfs_get.out").read())
         except OSError:
             pass
+    elif a[:2] in (["send", "-L"], ["send", "-t"]) or a[:1] == ["receive"] or (
+            a[:1] == ["get"] and "receive_resume_token" in a):
+        sys.path.insert(0, %(helpers)r)
+        import fakestream
+        sys.exit(fakestream.main(D, a))
     elif a[:1] == ["send"]:
         sys.stdout.buffer.write(b"STREAM:" + a[1].encode() + b"\\n" * 1000)
     elif a[:1] == ["recv"]:
@@ -81,7 +87,8 @@ class FakeSan:
         self.iqn_prefix = iqn_prefix
         (self.root / "bin").mkdir(exist_ok=True)
         self.zvol_dir.mkdir(exist_ok=True)
-        subst = {"python": PYTHON, "dir": str(self.root)}
+        subst = {"python": PYTHON, "dir": str(self.root),
+                 "helpers": str(Path(__file__).resolve().parent)}
         self.zfs.write_text(FAKE_ZFS % subst)
         self.zfs.chmod(0o755)
         self.tgtd = FakeTgtd().serve(str(self.socket))
@@ -155,6 +162,23 @@ class FakeSan:
         p = self.zvol_dir / ds
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text("")
+
+    # --- streams (tests/helpers/fakestream.py) -----------------------------------------
+    def set_send_size(self, nbytes: int) -> None:
+        """Payload bytes of every fake `zfs send` stream (default 1 MiB)."""
+        (self.root / "send_size").write_text(str(nbytes))
+
+    def kill_sender_after(self, nbytes: int, times: int = 1) -> None:
+        """The next `times` fake senders SIGKILL themselves after nbytes of payload."""
+        (self.root / "send_kill").write_text(f"{nbytes} {times}")
+
+    def received(self) -> dict:
+        """{DS: "BYTES SHA256"} of every complete fake receive."""
+        return fakestream.received(str(self.root))
+
+    def partial_receives(self) -> list[str]:
+        """Datasets with a saved partial receive (what `zfs receive -A` frees)."""
+        return fakestream.partials(str(self.root))
 
     def log_text(self) -> str:
         return self.log_file.read_text() if self.log_file.exists() else ""

@@ -1,7 +1,9 @@
-"""Session fixture: one real OpenZFS SAN VM (tools/sanvm) for the whole system tier.
+"""Session fixtures: the real OpenZFS SAN VM (tools/sanvm) for the whole system tier, and a
+second one (`sanvm_b`, `san_admin_b`) started only when a test asks for it.
 
 A VM that cannot start is a test failure with the serial log shown, never a skip.  Set
-ZOL_SANVM_STATE=/path/to/run_dir to reuse a VM you started by hand (it is then left running).
+ZOL_SANVM_STATE=/path/to/run_dir (ZOL_SANVM_B_STATE for the second) to reuse a VM you started
+by hand (it is then left running).
 """
 from __future__ import annotations
 
@@ -57,27 +59,44 @@ class SanAdmin:
         return self.run(argv, **kw).stdout
 
 
-@pytest.fixture(scope="session")
-def sanvm(tmp_path_factory):
-    """The running SAN VM's state (ports, keys, known_hosts, pool, parents)."""
-    reuse = os.environ.get("ZOL_SANVM_STATE")
+def _san_vm(tmp_path_factory, reuse_env: str, name: str, extra: tuple[str, ...] = ()):
+    """Start (or reuse, from reuse_env) one SAN VM; yields its state, stops what it started."""
+    reuse = os.environ.get(reuse_env)
     if reuse:
         p = Path(reuse)
         yield json.loads((p / "state.json" if p.is_dir() else p).read_text())
         return
-    run_dir = tmp_path_factory.mktemp("sanvm")
+    run_dir = tmp_path_factory.mktemp(name)
     build = subprocess.run([sys.executable, str(SANVM), "build"], capture_output=True, text=True,
                            check=False)
     if build.returncode != 0:
         pytest.fail("SAN VM image build failed:\n" + build.stderr[-6000:], pytrace=False)
-    r = subprocess.run([sys.executable, str(SANVM), "start", "--run-dir", str(run_dir / "vm")],
-                       capture_output=True, text=True, check=False)
+    r = subprocess.run([sys.executable, str(SANVM), "start", "--run-dir", str(run_dir / "vm"),
+                        *extra], capture_output=True, text=True, check=False)
     if r.returncode != 0:
-        pytest.fail("SAN VM did not start:\n" + r.stderr[-8000:], pytrace=False)
+        pytest.fail(f"SAN VM {name} did not start:\n" + r.stderr[-8000:], pytrace=False)
     state = json.loads(r.stdout)
     yield state
     subprocess.run([sys.executable, str(SANVM), "stop", state["run_dir"]], check=False)
     assert_stopped(state)
+
+
+@pytest.fixture(scope="session")
+def sanvm(tmp_path_factory):
+    """The running SAN VM's state (ports, keys, known_hosts, pool, parents)."""
+    yield from _san_vm(tmp_path_factory, "ZOL_SANVM_STATE", "sanvm")
+
+
+# The second SAN (migration between SANs, issue 11; replication, issue 12): same image, its own
+# run dir, ports, keys and host key; a smaller pool disk and memory (it holds copies of a few
+# small test volumes).  Session-scoped but lazy: it boots only when a test asks for it, once.
+SANVM_B_ARGS = ("--memory", "1536", "--pool-size", "8G")
+
+
+@pytest.fixture(scope="session")
+def sanvm_b(tmp_path_factory):
+    """A second, independent SAN VM (ZOL_SANVM_B_STATE=/run/dir reuses one started by hand)."""
+    yield from _san_vm(tmp_path_factory, "ZOL_SANVM_B_STATE", "sanvm_b", SANVM_B_ARGS)
 
 
 def assert_stopped(state: dict) -> None:
@@ -99,3 +118,10 @@ def assert_stopped(state: dict) -> None:
 @pytest.fixture(scope="session")
 def san_admin(sanvm) -> SanAdmin:
     return SanAdmin(sanvm)
+
+
+@pytest.fixture(scope="session")
+def san_admin_b(sanvm_b) -> SanAdmin:
+    admin = SanAdmin(sanvm_b)
+    admin.what = "SAN B"
+    return admin

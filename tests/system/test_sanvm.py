@@ -41,7 +41,7 @@ def test_image_ships_the_patched_tgt_and_the_wrapper_says_it_can_unmap(san_admin
     left = installed & {"debhelper", "librbd-dev", "libglusterfs-dev", "docbook-xsl"}
     assert not left, "tgt build-deps left in the image: %s" % sorted(left)
     caps = san_admin.out(["zol-wrapper", "capabilities"], key="cinder")
-    assert caps == "unmap=yes tgt=%s\n" % version, caps
+    assert caps == "unmap=yes send=yes tgt=%s\n" % version, caps
 
 
 def test_zvol_exported_with_tgtadm_carries_data_over_iscsi(sanvm, san_admin):

@@ -42,7 +42,7 @@ def test_capabilities_verb_reads_the_package_version_first(tmp_path, monkeypatch
     tgtadm = _probe(tmp_path, "tgtadm", "1.0.85")
     monkeypatch.setattr(W, "TGT_VERSION_PROBES", ((dpkg,), (tgtadm,)))
     assert W.verb_capabilities() == 0
-    assert capsys.readouterr().out == "unmap=yes tgt=1:1.0.85-1+deb12u1+zol1\n"
+    assert capsys.readouterr().out == "unmap=yes send=yes tgt=1:1.0.85-1+deb12u1+zol1\n"
 
 
 def test_capabilities_verb_falls_back_to_tgtadm_and_to_unknown(tmp_path, monkeypatch, capsys):
@@ -50,10 +50,10 @@ def test_capabilities_verb_falls_back_to_tgtadm_and_to_unknown(tmp_path, monkeyp
     tgtadm = _probe(tmp_path, "tgtadm", "1.0.92")
     monkeypatch.setattr(W, "TGT_VERSION_PROBES", ((failing,), (tgtadm,)))
     W.verb_capabilities()
-    assert capsys.readouterr().out == "unmap=yes tgt=1.0.92\n"
+    assert capsys.readouterr().out == "unmap=yes send=yes tgt=1.0.92\n"
     monkeypatch.setattr(W, "TGT_VERSION_PROBES", ((failing,), (str(tmp_path / "absent"),)))
     W.verb_capabilities()
-    assert capsys.readouterr().out == "unmap=no tgt=unknown\n"
+    assert capsys.readouterr().out == "unmap=no send=yes tgt=unknown\n"
 
 
 @pytest.fixture

@@ -90,3 +90,118 @@ def test_protocol_version_parses_verbatim():
             return ssh.Result(tuple(argv), 0, capture("zol_wrapper_version")["stdout"], "")
 
     assert ssh.protocol_version(Ex()) == ("2.0.0", 2)
+
+
+# -- pipe(): one command's stdout into another's stdin through this host -------------------
+
+STREAM_TOOL = r'''
+import hashlib, os, sys, time
+args = sys.argv[sys.argv.index("--") + 1:]
+cmd, opts = args[0], args[1:]
+D = os.environ["ZOL_TEST_DIR"]
+open(os.path.join(D, cmd + ".pid"), "w").write(str(os.getpid()))
+if cmd == "gen":                     # gen BYTES [FAIL_AFTER]: deterministic bytes on stdout
+    total, fail = int(opts[0]), int(opts[1]) if len(opts) > 1 else -1
+    block, sent = hashlib.sha256(b"zol").digest() * 8192, 0     # 256 KiB
+    while sent < total:
+        if 0 <= fail <= sent:
+            sys.stderr.write("gen: boom at %d\n" % sent)
+            sys.exit(3)
+        n = min(len(block), total - sent)
+        sys.stdout.buffer.write(block[:n])
+        sent += n
+    sys.stdout.flush()
+elif cmd == "sink":                  # sink EXPECTED [FAIL_AFTER]: sha256 of stdin to a file
+    expected, fail = int(opts[0]), int(opts[1]) if len(opts) > 1 else -1
+    h, got = hashlib.sha256(), 0
+    while True:
+        chunk = sys.stdin.buffer.read(65536)
+        if not chunk:
+            break
+        h.update(chunk)
+        got += len(chunk)
+        if 0 <= fail <= got:
+            sys.stderr.write("sink: cannot receive: out of space\n")
+            sys.exit(2)
+    open(os.path.join(D, "sink.out"), "w").write("%d %s" % (got, h.hexdigest()))
+    if got != expected:
+        sys.stderr.write("sink: truncated stream (%d of %d)\n" % (got, expected))
+        sys.exit(1)
+elif cmd == "hang":
+    time.sleep(3600)
+'''
+
+
+@pytest.fixture
+def stream_ex(tmp_path, monkeypatch):
+    tool = tmp_path / "stream_tool.py"
+    tool.write_text(STREAM_TOOL)
+    monkeypatch.setenv("ZOL_TEST_DIR", str(tmp_path))
+    return ssh.LocalExecutor([sys.executable, str(tool), "/etc/zol/wrapper.conf"])
+
+
+def _expected(n: int) -> str:
+    import hashlib
+    block = hashlib.sha256(b"zol").digest() * 8192
+    data = (block * (n // len(block) + 1))[:n]
+    return f"{n} {hashlib.sha256(data).hexdigest()}"
+
+
+def _gone(pidfile) -> bool:
+    import os
+    pid = int(pidfile.read_text())
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+
+
+def test_pipe_moves_the_stream_intact(stream_ex, tmp_path, caplog):
+    n = 8 * 1024 * 1024 + 12345
+    seen = []
+    caplog.set_level(logging.INFO, logger="zol_driver.ssh")
+    res = ssh.pipe(stream_ex, ["gen", str(n)], stream_ex, ["sink", str(n)], timeout=60,
+                   progress=seen.append)
+    assert res.bytes == n and res.seconds > 0 and res.mib_per_s > 0
+    assert (tmp_path / "sink.out").read_text() == _expected(n)
+    assert seen and seen[-1] == n and seen == sorted(seen)
+    assert "Streamed 8.0 MiB" in caplog.text and "MiB/s" in caplog.text
+
+
+def test_pipe_sender_failure_raises_with_both_stderrs(stream_ex, tmp_path):
+    with pytest.raises(exception.CommandFailed) as ei:
+        ssh.pipe(stream_ex, ["gen", str(4 << 20), str(1 << 20)], stream_ex,
+                 ["sink", str(4 << 20)], timeout=60)
+    msg = str(ei.value)
+    assert "gen: boom at 1048576" in msg and "sender exit 3" in msg
+    assert "sink: truncated stream (1048576 of 4194304)" in msg and "receiver exit 1" in msg
+    assert ei.value.kwargs["moved"] == 1 << 20
+    assert _gone(tmp_path / "gen.pid") and _gone(tmp_path / "sink.pid")
+
+
+def test_pipe_receiver_failure_stops_the_sender(stream_ex, tmp_path):
+    with pytest.raises(exception.CommandFailed) as ei:
+        ssh.pipe(stream_ex, ["gen", str(64 << 20)], stream_ex,
+                 ["sink", str(64 << 20), str(300000)], timeout=60)
+    msg = str(ei.value)
+    assert "sink: cannot receive: out of space" in msg and "receiver exit 2" in msg
+    assert ei.value.exit_code == 2
+    assert ei.value.kwargs["moved"] < 64 << 20
+    assert _gone(tmp_path / "gen.pid") and _gone(tmp_path / "sink.pid")
+
+
+def test_pipe_deadline_stops_both_sides(stream_ex, tmp_path):
+    import time
+    t0 = time.monotonic()
+    with pytest.raises(exception.CommandFailed) as ei:
+        ssh.pipe(stream_ex, ["hang"], stream_ex, ["sink", "1"], timeout=2)
+    assert time.monotonic() - t0 < 15
+    assert "deadline of 2 s passed" in str(ei.value)
+    assert _gone(tmp_path / "hang.pid") and _gone(tmp_path / "sink.pid")
+
+
+def test_pipe_refuses_bad_argv_before_starting(stream_ex, tmp_path):
+    with pytest.raises(exception.InvalidValue):
+        ssh.pipe(stream_ex, ["gen", "1\n2"], stream_ex, ["sink", "1"], timeout=5)
+    assert not (tmp_path / "sink.pid").exists()

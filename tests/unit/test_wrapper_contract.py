@@ -26,6 +26,7 @@ ARGV_FILE = REPO / "tests" / "fixtures" / "driver_argv.jsonl"
 PARENTS = ("zol/cinder", "zol/cinder-thick")
 PREFIX = "iqn.2010-10.org.openstack:"
 UUID = "0b6e8f2a-1111-4c2d-9a1b-3c4d5e6f7a8b"
+TOKEN = "1-e604ea4bf-c0-789c636064000310a500c4ec50360710e72765a5262696" + "a" * 120
 
 
 @pytest.fixture(scope="module")
@@ -227,6 +228,13 @@ def builder_argv() -> list[list[str]]:
         other = PARENTS[1] if parent == PARENTS[0] else PARENTS[0]
         z.move(ds, f"{other}/volume-{UUID}", thick=True)
         z.move(ds, f"{other}/volume-{UUID}", thick=False)
+        # streams (migration, replication): the argv lists transfer.send() pipes
+        for argv in (z.send_argv(snap), z.send_argv(snap, base=ds + "@zol-migrate-0"),
+                     z.send_resume_argv(TOKEN), z.receive_argv(ds),
+                     z.receive_argv(ds, force=True)):
+            rec.execute(argv)
+        z.resume_token(ds)
+        z.abort_receive(ds)
     t = tgt.TgtAdm(rec, PREFIX, retries=0, retry_interval=0)
     iqn = t.iqn("volume-" + UUID)
     chap = tgt.Chap("user-1", "Zq8Rk2Lm9Pw4Xt7Y")
@@ -278,6 +286,13 @@ def test_builders_refuse_what_the_wrapper_denies():
         z.snapshot_many(["zol/cinder/x@a", "zol/cinder/x@b"])
     with pytest.raises(exception.ZolException):
         z.move("zol/cinder/x", "other/cinder/x", thick=False)
+    for bad_stream in (lambda: z.send_argv("zol/cinder/x"),
+                       lambda: z.send_argv("zol/cinder/x@b", base="zol/cinder/y@a"),
+                       lambda: z.send_resume_argv(TOKEN + "$(id)"),
+                       lambda: z.receive_argv("zol/cinder"),
+                       lambda: z.abort_receive("zol/other/x")):
+        with pytest.raises(exception.ZolException):
+            bad_stream()
     assert rec.calls == []
 
 

@@ -67,13 +67,14 @@ _PROPNAMES = [*ZPROPS,
     "refreservation", "reservation", "origin", "clones", "creation", "guid", "written",
     "usedbysnapshots", "usedbydataset", "usedbychildren", "compressratio", "logicalused",
     "logicalreferenced", "defer_destroy", "userrefs", "zol:iqn", "zol:lun",
-    "zol:initiators", "zol:deleted"]
+    "zol:initiators", "zol:deleted", "receive_resume_token"]
 _PROP1 = "(?:" + "|".join(re.escape(p) for p in _PROPNAMES) + ")"
 _PROPS = _PROP1 + "(?:," + _PROP1 + ")*"
 _TYPES = "(?:volume|snapshot|filesystem)(?:,(?:volume|snapshot|filesystem))*"
 _UPROP = "(?:zol:iqn|zol:lun|zol:chap|zol:initiators|zol:deleted|" + _ZPN[3:-1] + ")"
 _SECS = r"(?:[1-9]|[1-9][0-9]|1[01][0-9]|120)"
 _SERIAL = r"[A-Za-z0-9][A-Za-z0-9-]{0,35}"
+_TOKEN = r"[1-9][0-9]{0,3}-[0-9a-f]{1,16}-[0-9a-f]{1,16}-[0-9a-f]{16,4096}"
 _INI1 = _INI.replace("?P<v6>", "")
 _INIS = f"(?:ALL|(?P<inis>{_INI1}(?:,{_INI1}){{0,15}}))"
 
@@ -98,6 +99,12 @@ ORACLE_LINES = [
     f"zfs set zol:deleted=[A-Za-z0-9_.:,/=+-]{{0,512}} {_DS}",
     f"zfs set {_ZP} {_DS}",
     f"zfs inherit {_UPROP} {_DS}",
+    # streams: full, incremental (two snapshots of one dataset), resume; receive, abort
+    f"zfs send -L -e -c {_SNAP}",
+    f"zfs send -L -e -c -i (?P<ids>{_DS})@(?P<ia>{_C}) (?P=ids)@(?P<ib>{_C})",
+    f"zfs send -t {_TOKEN}",
+    f"zfs receive -s -u (?:-F )?{_DS}",
+    f"zfs receive -A {_DS}",
     "zol-wrapper version",
     "zol-wrapper capabilities",
     f"zol-wrapper copy-data (?P<cd1>{_DS}) (?P<cd2>{_DS})",
@@ -145,6 +152,8 @@ def oracle(argv) -> bool:
             if len(set(dss)) != len(dss):
                 continue
         if g.get("cd1") is not None and g["cd1"] == g["cd2"]:
+            continue
+        if g.get("ia") is not None and g["ia"] == g["ib"]:
             continue
         if g.get("inis") is not None:
             items = g["inis"].split(",")
@@ -224,6 +233,10 @@ GEN = {
     "ZPN": lambda r: r.choice(list(ZPROPS)),
     "ZPS": lambda r: " ".join(f"-o {k}={r.choice(ZPROPS[k])}"
                               for k in r.sample(list(ZPROPS), r.randint(1, len(ZPROPS)))),
+    "TOKEN": lambda r: "%d-%x-%x-%s" % (r.randint(1, 9999), r.getrandbits(60),
+                                        r.getrandbits(20), "".join(r.choices(
+                                            "0123456789abcdef",
+                                            k=r.choice((16, 200, r.randint(16, 4096)))))),
     "SNAPS": lambda r: " ".join(f"{r.choice(PARENTS)}/v{i}-{r.randint(0, 99)}@" + g_comp(r)
                                 for i in range(r.randint(2, 16))),
 }
@@ -259,6 +272,12 @@ SHAPES = [
     "zfs create -s -b {BS} {ZPS} -V {SIZE} {DS}",
     "zfs clone {ZPS} {SNAP} {DS}",
     "zfs snapshot {SNAPS}",
+    "zfs send -L -e -c {SNAP}",
+    "zfs send SEND_INCREMENTAL",
+    "zfs send -t {TOKEN}",
+    "zfs receive -s -u {DS}",
+    "zfs receive -s -u -F {DS}",
+    "zfs receive -A {DS}",
     "zol-wrapper copy-data {DS} {DS}",
     "zol-wrapper capabilities",
     "zol-wrapper version",
@@ -279,6 +298,10 @@ def gen_valid(r: random.Random) -> list[str]:
     if shape.endswith("RENAME_DS"):
         p = r.choice(PARENTS)
         return ["zfs", "rename", p + "/" + g_comp(r), p + "/" + g_comp(r)]
+    if shape.endswith("SEND_INCREMENTAL"):
+        ds = g_ds(r)
+        return ["zfs", "send", "-L", "-e", "-c", "-i", ds + "@" + g_comp(r),
+                ds + "@" + g_comp(r)]
     if shape.endswith("RENAME_SNAP"):
         ds = g_ds(r)
         return ["zfs", "rename", ds + "@" + g_comp(r), ds + "@" + g_comp(r)]
@@ -287,7 +310,8 @@ def gen_valid(r: random.Random) -> list[str]:
 
 NASTY = [";", "|", "&", "&&", "$(id)", "`id`", "$IFS", "${PATH}", "\n", "\r", "\t", "\0",
          "*", "?", "[a-z]", "~", "..", "../", "/", "//", "@", "#", "%", "-", "-r", "-R", "-f",
-         "-rf", "--", "-o", "-d", "-V", "mountpoint=/", "'", '"', "\\", " ", "  ", "=", ",",
+         "-rf", "--", "-o", "-d", "-V", "-F", "-p", "-w", "-i", "-t", "mountpoint=/", "'", '"',
+         "\\", " ", "  ", "=", ",",
          "\u0661", "\u00e9", "\u200b", "\udcff", "\x7f", "a" * 300, "9" * 25, "0", "-1",
          "zol", "zol/other", "zol/cinder", "zol/cinder/../x", "zol/cinder/a/b",
          "zol/cinder-thick", "zol/cinderx/a", "/dev/sda", "/dev/zvol/zol/other/x",

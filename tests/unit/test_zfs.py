@@ -177,3 +177,72 @@ def test_wait_zvol_timeout_message():
         zfs.ZfsClient(rec, P).wait_zvol(V1, 1)
     assert "did not appear" in str(ei.value)
     assert rec.calls == [["zol-wrapper", "wait-zvol", V1, "1"]]
+
+
+# -- send / receive builders (doc/san-protocol.md "Streams") ---------------------------------
+
+TOKEN = "1-e604ea4bf-c0-789c636064000310a500c4ec50360710e72765a5262696" + "a" * 120
+
+
+def test_send_receive_argv_forms():
+    z = zfs.ZfsClient(Recorder(), P)
+    s1, s2 = V1 + "@zol-migrate-1", V1 + "@zol-migrate-2"
+    assert z.send_argv(s1) == ["zfs", "send", "-L", "-e", "-c", s1]
+    assert z.send_argv(s2, base=s1) == ["zfs", "send", "-L", "-e", "-c", "-i", s1, s2]
+    assert z.send_resume_argv(TOKEN) == ["zfs", "send", "-t", TOKEN]
+    assert z.receive_argv(V1) == ["zfs", "receive", "-s", "-u", V1]
+    assert z.receive_argv(V1, force=True) == ["zfs", "receive", "-s", "-u", "-F", V1]
+    assert z.executor.calls == []          # builders only build
+
+
+@pytest.mark.parametrize("call", [
+    lambda z: z.send_argv(V1),                                      # not a snapshot
+    lambda z: z.send_argv("zol/other/v@s"),                         # outside the parent
+    lambda z: z.send_argv(V1 + "@b", base=P + "/other@a"),          # base of another DS
+    lambda z: z.send_argv(V1 + "@b", base=V1 + "@b"),               # base == snap
+    lambda z: z.send_argv(V1 + "@b", base="@a"),                    # short form
+    lambda z: z.send_resume_argv(TOKEN + ";id"),
+    lambda z: z.send_resume_argv("1-a-b-$(id)aaaaaaaaaaaaaaaa"),
+    lambda z: z.send_resume_argv(TOKEN.upper()),
+    lambda z: z.send_resume_argv("-R"),
+    lambda z: z.send_resume_argv("1-e6-c0-" + "a" * 4097),
+    lambda z: z.receive_argv(P),                                    # the parent itself
+    lambda z: z.receive_argv(V1 + "@s"),
+    lambda z: z.receive_argv(P + "/a/b"),
+    lambda z: z.abort_receive("zol/other/x"),
+    lambda z: z.resume_token(P),
+])
+def test_send_receive_builders_refuse(call):
+    z = zfs.ZfsClient(Recorder(), P)
+    with pytest.raises((exception.InvalidName, exception.InvalidValue)):
+        call(z)
+    assert z.executor.calls == []
+
+
+def test_resume_token_read_and_validated():
+    get = ["zfs", "get", "-H", "-p", "-o", "name,property,value", "receive_resume_token", V1]
+    rec = Recorder([(0, f"{V1}\treceive_resume_token\t{TOKEN}\n", ""),
+                    (0, f"{V1}\treceive_resume_token\t-\n", ""),
+                    (1, "", f"cannot open '{V1}': dataset does not exist\n"),
+                    (0, f"{V1}\treceive_resume_token\t1-x;rm\n", "")])
+    z = zfs.ZfsClient(rec, P)
+    assert z.resume_token(V1) == TOKEN
+    assert z.resume_token(V1) is None
+    assert z.resume_token(V1) is None
+    with pytest.raises(exception.InvalidValue):      # a SAN answer outside the grammar
+        z.resume_token(V1)
+    assert rec.calls == [get] * 4
+
+
+def test_abort_receive_true_false_and_errors():
+    rec = Recorder([(0, "", ""),
+                    (1, "", f"'{V1}' does not have any resumable receive state to abort\n"),
+                    (1, "", f"cannot open '{V1}': dataset does not exist\n"),
+                    (1, "", "cannot abort: permission denied\n")])
+    z = zfs.ZfsClient(rec, P)
+    assert z.abort_receive(V1) is True
+    assert z.abort_receive(V1) is False
+    assert z.abort_receive(V1) is False
+    with pytest.raises(exception.ZfsError):
+        z.abort_receive(V1)
+    assert rec.calls == [["zfs", "receive", "-A", V1]] * 4
