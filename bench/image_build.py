@@ -124,7 +124,7 @@ def ours_stages(manifest: dict) -> dict[str, float]:
     stages = {k: v for k, v in manifest["timings"].items() if k != "total"}
     steps = manifest.get("install_steps") or {}
     split = {"install." + k.replace("_seconds", ""): v for k, v in steps.items()
-             if isinstance(v, (int, float)) and "beside" not in k}
+             if isinstance(v, (int, float))}
     for cmd, sec in (steps.get("profile_seconds") or {}).items():
         split["install.profile." + cmd] = sec
     return dict(stages, **split)

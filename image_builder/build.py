@@ -386,7 +386,7 @@ class Builder:
                                           "mkfs_seconds", "normalise_fs_seconds")
                 if k in installed}
             if (installed.get("tree_cache") or {}).get("store_seconds") is not None:
-                self.result["install_steps"]["tree_store_seconds_beside_mkfs"] = \
+                self.result["install_steps"]["tree_commit_seconds"] = \
                     installed["tree_cache"]["store_seconds"]
             LOG.info("install steps: %s", json.dumps(self.result["install_steps"],
                                                       sort_keys=True))

@@ -143,18 +143,19 @@ class TreeCache:
             return entry
         return None
 
-    def store(self, key: str, tree: Path, extra: dict[str, Path]) -> Path:
-        """Copy ``tree`` (and files such as GRUB's core.img) in, atomically by rename.  An
-        entry another build completed meanwhile is kept as it is (a build may be reading it:
-        same key, same content)."""
+    def begin(self) -> Path:
+        """A new entry under a temporary name: the build makes its tree in ``DIR/tree`` right
+        here (no copy afterwards), then ``commit``s it or removes ``DIR``."""
         self.root.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=".store-", dir=self.root))
+
+    def commit(self, key: str, tmp: Path, extra: dict[str, Path]) -> Path:
+        """``tmp`` (from ``begin``, holding ``tree``) becomes entry ``key``, with files such
+        as GRUB's core.img, atomically by rename.  An entry another build completed meanwhile
+        is kept as it is (a build may be reading it: same key, same content) and ``tmp``
+        removed."""
         entry = self.root / key
-        if (entry / "complete").exists():
-            return entry
-        tmp = Path(tempfile.mkdtemp(prefix=".store-", dir=self.root))
         try:
-            subprocess.run(["cp", "-a", "--", str(tree), str(tmp / "tree")], check=True,
-                           capture_output=True)
             for name, path in extra.items():
                 shutil.copy2(path, tmp / name)
             (tmp / "complete").write_text(key + "\n")
@@ -169,6 +170,20 @@ class TreeCache:
             raise
         self.prune()
         return entry
+
+    def store(self, key: str, tree: Path, extra: dict[str, Path]) -> Path:
+        """Copy ``tree`` in (``cp -a``) and commit it: for a tree made elsewhere."""
+        entry = self.root / key
+        if (entry / "complete").exists():
+            return entry
+        tmp = self.begin()
+        try:
+            subprocess.run(["cp", "-a", "--", str(tree), str(tmp / "tree")], check=True,
+                           capture_output=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return self.commit(key, tmp, extra)
 
     def prune(self) -> None:
         entries = sorted((p for p in self.root.iterdir() if (p / "complete").exists()),

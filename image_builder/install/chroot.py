@@ -8,7 +8,6 @@ a bookworm cloud-kernel tree takes ~70 s here versus ~67 min for the installer u
 """
 from __future__ import annotations
 
-import concurrent.futures
 import json
 import logging
 import os
@@ -95,40 +94,44 @@ def install(*, workdir: Path, release: str, arch: str, mirror: str, packages: li
         result.update(_filesystem(entry / "tree", workdir=workdir, disk_mb=disk_mb, slack=slack,
                                   bootloader=bootloader, epoch=epoch, fs_inputs=fs_inputs))
         return result
-    tree = tree_dir(workdir)
+    # With the tree cache the tree is made in its cache entry (under a temporary name, renamed
+    # once the filesystem is written): no copy into the cache afterwards.  Without it, on
+    # tmpfs when the RAM allows.
+    entry_tmp = tree_cache.begin() if tree_cache is not None else None
+    tree = entry_tmp / "tree" if entry_tmp is not None else tree_dir(workdir)
+    if entry_tmp is not None:
+        LOG.info("tree cache miss: building the tree in its cache entry %s", entry_tmp)
     try:
         result = _bootstrap(tree, workdir=workdir, release=release, arch=arch, mirror=mirror,
                             packages=todo, profile=profile, timeout=timeout, progress=progress,
                             bootloader=bootloader, security_mirror=security_mirror,
                             updates=updates, epoch=epoch, package_cache=package_cache)
-        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tree-store") as pool:
-            # The copy into the cache (I/O) runs beside mkfs (CPU): both only read the tree.
-            stored = pool.submit(_store, tree_cache, key, tree,
-                                 {n: workdir / n for n in ("core.img", "boot.img")}
-                                 if bootloader else {}) if tree_cache is not None else None
-            result.update(_filesystem(tree, workdir=workdir, disk_mb=disk_mb, slack=slack,
-                                      bootloader=bootloader, epoch=epoch, fs_inputs=fs_inputs))
-            if stored is not None:
-                result["tree_cache"] = stored.result()
+        result.update(_filesystem(tree, workdir=workdir, disk_mb=disk_mb, slack=slack,
+                                  bootloader=bootloader, epoch=epoch, fs_inputs=fs_inputs))
+        if entry_tmp is not None:
+            result["tree_cache"] = _commit(tree_cache, key, entry_tmp,
+                                           {n: workdir / n for n in ("core.img", "boot.img")}
+                                           if bootloader else {})
+            entry_tmp = None
         return result
     finally:
-        run.remove_tree(tree)
+        run.remove_tree(entry_tmp if entry_tmp is not None else tree)
 
 
-def _store(tree_cache: cache.TreeCache, key: str, tree: Path, extra: dict[str, Path]) -> dict:
-    """The tree into the cache; a failure (disk full) costs the next build its hit, not this
-    build its image: it is logged and recorded."""
+def _commit(tree_cache: cache.TreeCache, key: str, entry_tmp: Path,
+            extra: dict[str, Path]) -> dict:
+    """The tree becomes a cache entry; a failure (disk full) costs the next build its hit,
+    not this build its image: it is logged and recorded."""
     start = time.monotonic()
     try:
-        tree_cache.store(key, tree, extra)
-    except (OSError, subprocess.CalledProcessError) as exc:
-        detail = getattr(exc, "stderr", b"") or b""
-        LOG.error("could not store the tree in the tree cache %s (the next build installs "
-                  "afresh): %s %s", tree_cache.root, exc,
-                  detail.decode(errors="replace").strip()[-300:])
+        tree_cache.commit(key, entry_tmp, extra)
+    except OSError as exc:
+        LOG.error("could not keep the tree in the tree cache %s (the next build installs "
+                  "afresh): %s", tree_cache.root, exc)
         return {"hit": False, "key": key, "stored": False, "error": str(exc)}
     seconds = round(time.monotonic() - start, 1)
-    LOG.info("tree stored in the tree cache in %.1f s (beside mkfs)", seconds)
+    LOG.info("tree kept in the tree cache %s in %.1f s (built there: no copy)",
+             tree_cache.root / key, seconds)
     return {"hit": False, "key": key, "stored": True, "store_seconds": seconds}
 
 

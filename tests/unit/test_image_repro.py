@@ -249,6 +249,16 @@ def test_tree_cache_keys_store_lookup_and_prune(tmp_path):
     (tree / "etc/hostname").write_text("changed\n")
     assert tc.store(k1, tree, {}) == entry
     assert (entry / "tree/etc/hostname").read_text() == "debian\n"
+    # A miss builds its tree in a temporary entry (begin), renamed by commit: no copy.
+    tmp = tc.begin()
+    make_tree(tmp / "tree")
+    assert tmp.name.startswith(".store-") and tc.lookup("built") is None
+    built = tc.commit("built", tmp, {"core.img": extra})
+    assert not tmp.exists() and tc.lookup("built") == built
+    assert (built / "tree/etc/hostname").read_text() == "debian\n"
+    again = tc.begin()                     # the same key finished by another build meanwhile
+    make_tree(again / "tree")
+    assert tc.commit("built", again, {}) == built and not again.exists()
     for i in range(5):
         time.sleep(0.01)
         tc.store("k%d" % i, tree, {})
