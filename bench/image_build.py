@@ -21,17 +21,18 @@ resize2fs -M reaches).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
-import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from image_builder import disk
+from image_builder import disk, run
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("ZOL_CACHE_DIR", Path.home() / ".cache" / "zol-openstack"))
@@ -152,11 +153,16 @@ def build_dib(out: Path, cache_dir: Path) -> tuple[float, Path, dict[str, float]
 
 
 def main() -> int:
+    # SIGTERM unwinds like Ctrl-C: the work dir is unmounted and removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     base = Path(os.environ.get("ZOL_BENCH_DIR", tempfile.gettempdir()))
     ensure_dib()
     result: dict = {"load_before": os.getloadavg(), "seconds": {}, "cache_before": {}}
-    with tempfile.TemporaryDirectory(prefix="zol-bench-build-", dir=base) as tmp:
-        tmp = Path(tmp)
+    with contextlib.ExitStack() as stack:
+        tmp = Path(tempfile.mkdtemp(prefix="zol-bench-build-", dir=base))
+        # An interrupted DIB leaves its chroot mounts (proc, dev, its cache bind mount): they
+        # go before anything is deleted (run.remove_tree unmounts first).
+        stack.callback(run.remove_tree, tmp)
         caches = {"ours": tmp / "cache-ours", "dib": tmp / "cache-dib"}
         for c in caches.values():
             c.mkdir()
@@ -181,7 +187,7 @@ def main() -> int:
                 result["seconds"]["%s_%s" % (who, rnd)] = round(t, 1)
                 if rnd == "warm":
                     fs[who] = fs_numbers(img)
-                shutil.rmtree(out, ignore_errors=True)
+                run.remove_tree(out)
         result["load_after"] = os.getloadavg()
         result["fs"] = fs
         print(json.dumps(result, indent=2))
