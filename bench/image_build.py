@@ -1,9 +1,11 @@
 """Build time and root fs tightness: `zol-image build` versus diskimage-builder, same machine.
 
-Peer: `disk-image-create -a amd64 -t raw baremetal debian-minimal` (DIB from PyPI, its own venv
-under the cache dir; DIB_RELEASE=bookworm), which yields an ext4 image + vmlinuz + initrd, the
-closest DIB gets to a triplet.  Ours is built with the same generic kernel (linux-image-amd64),
-without boot check or upload, so both do the same job.
+Peer: `disk-image-create -a amd64 -t raw -p PACKAGES baremetal debian-minimal` (DIB from PyPI,
+its own venv under the cache dir; DIB_RELEASE=bookworm), which yields an ext4 image + vmlinuz +
+initrd, the closest DIB gets to a triplet.  PACKAGES is our package set (the build's packages
+and the cloud profile's: cloud-init, openssh-server, qemu-guest-agent, ...), so both install
+the same packages; ours is built with the same generic kernel (linux-image-amd64), without
+boot check or upload, so both do the same job.  The installed package counts are printed.
 
 One run, four builds: ours cold, DIB cold (each with an EMPTY cache of its own: our package
 cache via --cache-dir, DIB's image cache via DIB_IMAGE_CACHE), then ours warm and DIB warm (each
@@ -32,7 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from image_builder import disk, run
+from image_builder import build, customize, disk, run
+from image_builder.install.chroot import parse_dpkg_status
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("ZOL_CACHE_DIR", Path.home() / ".cache" / "zol-openstack"))
@@ -131,6 +134,18 @@ def ours_stages(manifest: dict) -> dict[str, float]:
     return dict(stages, **split)
 
 
+def package_set() -> list[str]:
+    """What our build installs on top of minbase (its packages, kernel included, and the
+    cloud profile's): DIB gets the same list with -p, the issue's 'same package set'."""
+    settings = build.Settings(kernel_package="linux-image-amd64")
+    return sorted(set(settings.all_packages) | set(customize.packages_for(customize.Profile())))
+
+
+def installed_packages(img: Path) -> int:
+    """How many packages the image holds (its dpkg status, read with debugfs)."""
+    return len(parse_dpkg_status(disk.read_text(img, "/var/lib/dpkg/status")))
+
+
 def build_dib(out: Path, cache_dir: Path) -> tuple[float, Path, dict[str, float]]:
     exe = ensure_dib()
     env = dict(os.environ, DIB_RELEASE="bookworm", DIB_DEBIAN_COMPONENTS="main",
@@ -140,7 +155,8 @@ def build_dib(out: Path, cache_dir: Path) -> tuple[float, Path, dict[str, float]
     start = time.monotonic()
     with open(out / "dib.log", "wb") as log:
         r = subprocess.run([str(exe), "-a", "amd64", "-t", "raw", "-o", str(out / "dib"),
-                            "baremetal", "debian-minimal"], env=env, stdout=log,
+                            "-p", ",".join(package_set()), "baremetal", "debian-minimal"],
+                           env=env, stdout=log,
                            stderr=subprocess.STDOUT, check=False)
     elapsed = time.monotonic() - start
     text = (out / "dib.log").read_text(errors="replace")
@@ -186,7 +202,7 @@ def main() -> int:
                     result["dib_%s_stages" % rnd] = phases
                 result["seconds"]["%s_%s" % (who, rnd)] = round(t, 1)
                 if rnd == "warm":
-                    fs[who] = fs_numbers(img)
+                    fs[who] = dict(fs_numbers(img), packages=installed_packages(img))
                 run.remove_tree(out)
         result["load_after"] = os.getloadavg()
         result["fs"] = fs
@@ -216,6 +232,8 @@ def main() -> int:
               % (name, n["size"] / MIB, n["used"] / MIB, n["slack"] * 100,
                  n["allocated"] / MIB, n["resize2fs_min"] / MIB,
                  n["size"] / n["resize2fs_min"]))
+    print("packages installed: ours %d, DIB %d (both asked for: %s)"
+          % (ours["packages"], dib["packages"], " ".join(package_set())))
     print("root fs size ratio ours/DIB %.2f, allocated ratio %.2f"
           % (ours["size"] / dib["size"], ours["allocated"] / dib["allocated"]))
     return 0
