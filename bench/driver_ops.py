@@ -45,8 +45,10 @@ class PerCommandSSH:
         pass
 
 
-def start_vm() -> tuple[dict, bool]:
-    ref = os.environ.get("ZOL_SANVM_STATE")
+def start_vm(env: str = "ZOL_SANVM_STATE") -> tuple[dict, bool]:
+    """The VM named by $env (a run dir or state.json), else a new one (stopped by the
+    caller: the second value is True)."""
+    ref = os.environ.get(env)
     if ref:
         p = Path(ref)
         return json.loads((p / "state.json" if p.is_dir() else p).read_text()), False

@@ -34,7 +34,7 @@ from cinder.volume import driver, volume_utils
 from cinder.volume.drivers.san import san
 from oslo_config import cfg
 
-from zol_driver import exception, image_transfer, opts, policy, ssh, zfs
+from zol_driver import exception, image_transfer, opts, policy, replication, ssh, zfs
 from zol_driver.targets import tgt
 
 LOG = logging.getLogger(__name__)
@@ -94,6 +94,16 @@ def _snapshot_known(sid: str) -> bool:
     return bool(objects.Snapshot.exists(context.get_admin_context(), sid))
 
 
+def _coordination_lock(name: str) -> Any:
+    """Cinder's coordination lock (tooz: file, etcd, ...), so two services of a cluster never
+    replicate one volume at once; a process-local lock where the coordinator is not started
+    (the driver used outside cinder-volume)."""
+    from cinder import coordination
+    if coordination.COORDINATOR.coordinator is not None:
+        return coordination.COORDINATOR.get_lock(name)
+    return replication.local_lock(name)
+
+
 def _translate(func: Callable) -> Callable:
     """Turn zol_driver errors into Cinder's at the boundary (Cinder's own pass through)."""
 
@@ -145,6 +155,9 @@ class ZFSonLinuxISCSIDriver(image_transfer.LibiscsiImageTransferMixin, driver.IS
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         # Tests may inject an Executor (e.g. the fake SAN); production builds it in do_setup.
         self._injected_executor = kwargs.pop("zol_executor", None)
+        self._injected_replica = kwargs.pop("zol_replica_executor", None)
+        # Cinder passes the service's active_backend_id (set by failover_host) at every start
+        self._active_backend_id = kwargs.get("active_backend_id")
         super().__init__(*args, **kwargs)
         self.configuration.append_config_values(san.san_opts)
         self.configuration.append_config_values(opts.zol_opts)
@@ -155,6 +168,7 @@ class ZFSonLinuxISCSIDriver(image_transfer.LibiscsiImageTransferMixin, driver.IS
         self.tgt: tgt.TgtAdm | None = None
         self._pool: futures.ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
+        self.replication: replication.Replicator | None = None
 
     @classmethod
     def get_driver_options(cls) -> list:
@@ -201,6 +215,158 @@ class ZFSonLinuxISCSIDriver(image_transfer.LibiscsiImageTransferMixin, driver.IS
             self.tgt = tgt.TgtAdm(self.executor, c.target_prefix)
         except exception.ZolException as exc:
             raise self._config_error("zol_parent_dataset", str(exc)) from exc
+        self._setup_replication()
+
+    # -- replication (zol_driver/replication.py) ------------------------------------------------
+
+    def _setup_replication(self) -> None:
+        """replication_device -> the replica's executor, ZfsClient and tgt client (its own
+        key, known_hosts and parent, confined by ITS wrapper); the active site is the one
+        Cinder's active_backend_id names (it survives restarts in the service record)."""
+        c = self.configuration
+        assert self.executor is not None and self.zfs is not None and self.tgt is not None
+        try:
+            devices = replication.parse_devices(
+                c.safe_get("replication_device"),
+                known_hosts_default=c.zol_ssh_known_hosts_file,
+                target_prefix_default=c.target_prefix,
+                primary=(c.san_ip or "local", int(c.san_ssh_port or 22), self.zfs.parent))
+        except replication.ReplicationConfigError as exc:
+            raise self._config_error("replication_device", str(exc)) from exc
+        active = self._active_backend_id
+        if not devices:
+            if active and active != replication.DEFAULT_BACKEND:
+                raise self._config_error(
+                    "replication_device", f"this backend is failed over to {active!r} but no "
+                    "replication_device is configured: restore it, or fail back first")
+            return
+        dev = devices[0]
+        try:
+            rexec = self._injected_replica or ssh.SSHExecutor(
+                dev.san_ip, dev.san_ssh_port, dev.san_login, key_filename=dev.san_private_key,
+                known_hosts_file=dev.known_hosts_file,
+                strict_host_key_checking=c.zol_ssh_strict_host_key_checking,
+                connect_timeout=c.ssh_conn_timeout, command_timeout=c.zol_ssh_command_timeout,
+                max_sessions=c.zol_ssh_max_sessions, keepalive=c.zol_ssh_keepalive)
+            rzfs = zfs.ZfsClient(rexec, dev.parent, busy_retries=c.zol_busy_retries,
+                                 busy_interval=c.zol_busy_retry_interval,
+                                 copy_timeout=c.zol_copy_timeout)
+            rtgt = tgt.TgtAdm(rexec, dev.target_prefix)
+        except exception.ZolException as exc:
+            raise self._config_error("replication_device", str(exc)) from exc
+        port = c.target_port
+        primary = replication.Site(replication.DEFAULT_BACKEND, self.executor, self.zfs,
+                                   self.tgt, self._config_portals())
+        replica = replication.Site(
+            dev.backend_id, rexec, rzfs, rtgt,
+            [f"{volume_utils.sanitize_host(dev.target_ip_address)}:{dev.target_port or port}"])
+        try:
+            self.replication = replication.Replicator(
+                primary, replica, interval=c.zol_replication_interval,
+                active_backend_id=active, timeout=c.zol_copy_timeout,
+                lock=_coordination_lock)
+        except replication.ReplicationConfigError as exc:
+            raise self._config_error("replication_device", str(exc)) from exc
+        self._use_site(self.replication.active)
+        LOG.info("%s: replication to %s (%s@%s:%d, parent %s) every %d s; active site %s",
+                 self.backend_name, dev.backend_id, dev.san_login, dev.san_ip,
+                 dev.san_ssh_port, dev.parent, c.zol_replication_interval,
+                 self.replication.active_backend_id)
+
+    def _use_site(self, site: replication.Site) -> None:
+        self.executor, self.zfs, self.tgt = site.executor, site.zfs, site.tgt
+
+    def _check_replica(self) -> None:
+        """The passive site is checked, never fatal: the active one serves the volumes."""
+        rep = self.replication
+        if rep is None:
+            return
+        site = rep.passive
+        try:
+            _version, protocol = ssh.protocol_version(site.executor)
+            caps = ssh.san_capabilities(site.executor)
+            found = site.zfs.info(site.zfs.parent, ("name", "type"))
+        except exception.ZolException as exc:
+            LOG.error("%s: replication site %s cannot be reached or refuses the key (%s): "
+                      "replication rounds fail until it can", self.backend_name, site.name,
+                      exc)
+            return
+        problems = []
+        if protocol != opts.PROTOCOL_VERSION:
+            problems.append(f"its wrapper speaks protocol {protocol}")
+        if caps.get("send") != "yes":
+            problems.append("its wrapper has no send/receive (capabilities: no send=yes): "
+                            "upgrade wrappers/zol-ssh-wrapper there")
+        if found is None:
+            problems.append(f"dataset {site.zfs.parent} does not exist (zfs create -p -o "
+                            f"mountpoint=none {site.zfs.parent})")
+        for p in problems:
+            LOG.error("%s: replication site %s: %s", self.backend_name, site.name, p)
+        if not problems:
+            LOG.info("%s: replication site %s ready (parent %s)", self.backend_name,
+                     site.name, site.zfs.parent)
+
+    def _replicated(self, volume: Any) -> bool:
+        return replication.is_replicated_type(self._volume_type(volume))
+
+    def _seed(self, volume: Any, update: dict | None) -> dict | None:
+        """After a create: a replicated volume's first full stream to the replica."""
+        if not self._replicated(volume):
+            return update
+        if self.replication is None:
+            raise cinder_exception.InvalidVolumeType(reason=(
+                f"volume type of {volume['id']} has replication_enabled but backend "
+                f"{self.backend_name} has no replication_device"))
+        return {**(update or {}), **self.replication.seed(volume["name"])}
+
+    def _export_on(self, site: replication.Site, volume: Any) -> dict | None:
+        return self._export(volume, create=True, site=site)
+
+    def failover(self, context: Any, volumes: list, secondary_id: str | None = None,
+                 groups: Any = None) -> tuple[str, list, list]:
+        """Cinder replication v2.1 (and the active-active first stage): serve the replicated
+        volumes from the replica (failover) or the primary (secondary_id 'default')."""
+        rep = self.replication
+        if rep is None:
+            raise cinder_exception.UnableToFailOver(
+                reason=f"backend {self.backend_name} has no replication_device")
+        try:
+            target = rep.check_target(secondary_id)
+        except ValueError as exc:
+            raise cinder_exception.InvalidReplicationTarget(reason=str(exc)) from exc
+        LOG.info("%s: %s to %s for %d replicated volumes", self.backend_name,
+                 "failback" if target == replication.DEFAULT_BACKEND else "failover",
+                 target, len(volumes))
+        if target == replication.DEFAULT_BACKEND:
+            try:
+                updates = rep.failback(volumes, self._export_on)
+            except exception.TransportError as exc:
+                raise cinder_exception.InvalidReplicationTarget(reason=(
+                    f"the primary SAN cannot be reached ({exc}): bring it back, then fail "
+                    "back")) from exc
+        else:
+            updates = rep.failover(volumes, self._export_on)
+        return target, updates, []
+
+    def failover_completed(self, context: Any, active_backend_id: str | None = None) -> None:
+        """Every service of the cluster (and failover_host) switches its active site."""
+        if self.replication is None:
+            raise cinder_exception.UnableToFailOver(
+                reason=f"backend {self.backend_name} has no replication_device")
+        self.replication.switch(active_backend_id)
+        self._use_site(self.replication.active)
+        self._stats = {}
+
+    def failover_host(self, context: Any, volumes: list, secondary_id: str | None = None,
+                      groups: Any = None) -> tuple[str, list, list]:
+        target, updates, group_updates = self.failover(context, volumes, secondary_id, groups)
+        self.failover_completed(context, target)
+        return target, updates, group_updates
+
+    def get_replication_error_status(self, context: Any, groups: Any) -> tuple[list, list]:
+        if self.replication is None:
+            return [], []
+        return [], self.replication.error_updates()
 
     def check_for_setup_error(self) -> None:
         c = self.configuration
@@ -249,6 +415,9 @@ class ZFSonLinuxISCSIDriver(image_transfer.LibiscsiImageTransferMixin, driver.IS
                  "(UNMAP on zvols: %s), discard %s", self.backend_name, version, protocol,
                  self.zfs.parent, caps.get("tgt", "unknown"),
                  "yes" if self._san_unmap else "no", "on" if self._discard else "off")
+        if self.replication is not None:
+            self._check_replica()
+            self.replication.start()
 
     # -- helpers --------------------------------------------------------------------------------
 
@@ -423,7 +592,7 @@ class ZFSonLinuxISCSIDriver(image_transfer.LibiscsiImageTransferMixin, driver.IS
                  "thin" if thin else "thick", self._blocksize(pol) or "default",
                  ", ".join(f"{k}={v}" for k, v in pol.create_props().items()) or
                  "properties inherited")
-        return self._metadata_update(volume, pol, thin)
+        return self._seed(volume, self._metadata_update(volume, pol, thin))
 
     def _clone_from(self, snap: str, ds: str, size_gb: int,
                     pol: policy.Policy | None = None, type_name: str = "") -> bool:
@@ -465,7 +634,7 @@ class ZFSonLinuxISCSIDriver(image_transfer.LibiscsiImageTransferMixin, driver.IS
         name, _ = self._type_specs(self._volume_type(volume))
         thin = self._clone_from(self._snap(snapshot), self._ds(volume["name"]),
                                 int(volume["size"]), pol, name)
-        return self._metadata_update(volume, pol, thin)
+        return self._seed(volume, self._metadata_update(volume, pol, thin))
 
     @_translate
     def create_cloned_volume(self, volume: Any, src_vref: Any) -> dict | None:
@@ -484,10 +653,15 @@ class ZFSonLinuxISCSIDriver(image_transfer.LibiscsiImageTransferMixin, driver.IS
         finally:
             # Clone mode: ZFS keeps it until the clone is deleted; copy mode: gone now.
             self.zfs.destroy(tmp, deferred=True)
-        return self._metadata_update(volume, pol, thin)
+        return self._seed(volume, self._metadata_update(volume, pol, thin))
 
     @_translate
     def delete_volume(self, volume: Any) -> None:
+        self._delete_volume(volume)
+        if self.replication is not None and self._replicated(volume):
+            self.replication.delete_replica(volume["name"])
+
+    def _delete_volume(self, volume: Any) -> None:
         assert self.zfs is not None and self.tgt is not None
         ds = self._ds(volume["name"])
         iqn = self._iqn(volume)
@@ -574,6 +748,7 @@ class ZFSonLinuxISCSIDriver(image_transfer.LibiscsiImageTransferMixin, driver.IS
         assert self.zfs is not None and self.tgt is not None
         ds = self._ds(volume["name"])
         try:
+            self._drop_newer_repl_snaps(ds, self._snap(snapshot))
             self.zfs.rollback(self._snap(snapshot))
         except exception.NotMostRecentSnapshot as exc:
             # A newer ZFS snapshot (kept for a clone) blocks rollback; `-r` would destroy
@@ -583,6 +758,25 @@ class ZFSonLinuxISCSIDriver(image_transfer.LibiscsiImageTransferMixin, driver.IS
         self._set_size(ds, int(volume["size"]), self.zfs.get(ds, ("volsize",))["volsize"])
         # Re-open the zvol in tgtd (size and content as of the snapshot).
         self.tgt.resize_lun(self._iqn(volume))
+
+    def _drop_newer_repl_snaps(self, ds: str, snap: str) -> None:
+        """A revert of a replicated volume: the zol-repl snapshots newer than SNAP would block
+        `zfs rollback` (no -r in the grammar); they go, and the next round sends a full copy
+        (the replica shares no snapshot with the reverted volume any more)."""
+        assert self.zfs is not None
+        if self.replication is None:
+            return
+        rows = self.zfs.tree(ds, ("name",))
+        names = [r["name"] for r in rows[1:]]
+        if snap not in names:
+            return
+        newer = names[names.index(snap) + 1:]
+        if newer and all(n.partition("@")[2].startswith(replication.SNAP_PREFIX)
+                         for n in newer):
+            for n in newer:
+                self.zfs.destroy(n, deferred=True)
+            LOG.info("revert of %s: dropped %d replication snapshot(s) newer than %s",
+                     ds, len(newer), snap)
 
     def local_path(self, volume: Any) -> str:
         """The zvol's device path ON THE SAN (this host has no such device)."""
@@ -653,22 +847,33 @@ class ZFSonLinuxISCSIDriver(image_transfer.LibiscsiImageTransferMixin, driver.IS
         return None
 
     def _portals(self) -> list[str]:
+        if self.replication is not None:
+            return list(self.replication.active.portals)
+        return self._config_portals()
+
+    def _config_portals(self) -> list[str]:
         c = self.configuration
         ips = [self._target_ip(), *(c.safe_get("target_secondary_ip_addresses") or [])]
         return [f"{volume_utils.sanitize_host(ip)}:{c.target_port}" for ip in ips]
 
-    def _location(self, tid: int, iqn: str, lun: int) -> str:
-        return f"{';'.join(self._portals())},{tid} {iqn} {lun}"
+    def _location(self, tid: int, iqn: str, lun: int,
+                  portals: list[str] | None = None) -> str:
+        return f"{';'.join(portals or self._portals())},{tid} {iqn} {lun}"
 
-    def _export(self, volume: Any, create: bool) -> dict | None:
-        """Make the SAN serve the volume (the SAN records the export for restores)."""
-        assert self.zfs is not None and self.tgt is not None
+    def _export(self, volume: Any, create: bool,
+                site: replication.Site | None = None) -> dict | None:
+        """Make the SAN serve the volume (the SAN records the export for restores); `site`:
+        another SAN than the active one (failover/failback export there)."""
+        zfs_ = site.zfs if site else self.zfs
+        tgt_ = site.tgt if site else self.tgt
+        assert zfs_ is not None and tgt_ is not None
         c = self.configuration
-        ds = self._ds(volume["name"])
-        iqn = self._iqn(volume)
-        info, _ = self._parallel(functools.partial(self.zfs.info, ds,
+        ds = zfs_.ds(volume["name"])
+        iqn = tgt_.iqn(volume["name"])
+        info, _ = self._parallel(functools.partial(zfs_.info, ds,
                                                    ("name", "type", "refreservation")),
-                                 functools.partial(self._wait_zvol, ds, quiet=not create))
+                                 functools.partial(self._wait_zvol, ds, quiet=not create,
+                                                   zfs_client=zfs_))
         if info is None:
             if create:
                 raise exception.ExportError(name=ds, iqn=iqn, reason="the zvol does not exist")
@@ -678,10 +883,11 @@ class ZFSonLinuxISCSIDriver(image_transfer.LibiscsiImageTransferMixin, driver.IS
         initiators = list(c.zol_target_initiators) or ["ALL"]
         # thin or thick as the zvol is (its type's provisioning:type, or the backend's)
         thin = not info.get("refreservation")
-        made = self.tgt.export(ds, iqn, str(volume["id"]), LUN, chap, initiators,
-                               thin=thin, unmap=self._discard and thin,
-                               write_cache=c.safe_get("iscsi_write_cache") != "off")
-        update = {"provider_location": self._location(made.tid, iqn, LUN),
+        made = tgt_.export(ds, iqn, str(volume["id"]), LUN, chap, initiators,
+                           thin=thin, unmap=self._discard and thin,
+                           write_cache=c.safe_get("iscsi_write_cache") != "off")
+        update = {"provider_location": self._location(made.tid, iqn, LUN,
+                                                      site.portals if site else None),
                   "provider_auth": f"CHAP {chap.user} {chap.secret}" if chap else None}
         LOG.info("exported %s as %s (tid %d, CHAP %s, UNMAP %s)", ds, iqn, made.tid,
                  "on" if chap else "off", "yes" if made.unmap else "no")
@@ -690,7 +896,8 @@ class ZFSonLinuxISCSIDriver(image_transfer.LibiscsiImageTransferMixin, driver.IS
                         "until it is exported again", ds)
         return update
 
-    def _wait_zvol(self, ds: str, quiet: bool = False) -> None:
+    def _wait_zvol(self, ds: str, quiet: bool = False,
+                   zfs_client: zfs.ZfsClient | None = None) -> None:
         """Wait for /dev/zvol/DS; if udev dropped the link, make ZFS announce the zvol again.
 
         Linux >= 5.13 with OpenZFS 2.1: udev's zvol_id can fail with ERESTARTSYS while other
@@ -698,21 +905,22 @@ class ZFSonLinuxISCSIDriver(image_transfer.LibiscsiImageTransferMixin, driver.IS
         and the link is then never created.  A rename there and back re-creates the minor
         and its udev event - the only way to replay it within the SAN protocol.
         """
-        assert self.zfs is not None
+        zc = zfs_client or self.zfs
+        assert zc is not None
         wait = int(self.configuration.zol_zvol_wait)
         try:
-            self.zfs.wait_zvol(ds, wait)
+            zc.wait_zvol(ds, wait)
             return
         except exception.WrapperDenied:
             raise
         except exception.ZfsError as exc:
-            if quiet and self.zfs.info(ds, ("name",)) is None:
+            if quiet and zc.info(ds, ("name",)) is None:
                 return
             LOG.warning("%s; renaming the zvol there and back to replay its udev event", exc)
         tmp = ds + ".relink"
-        self.zfs.rename(ds, tmp)
-        self.zfs.rename(tmp, ds)
-        self.zfs.wait_zvol(ds, wait)
+        zc.rename(ds, tmp)
+        zc.rename(tmp, ds)
+        zc.wait_zvol(ds, wait)
 
     @_translate
     def create_export(self, context: Any, volume: Any, connector: Any) -> dict:
@@ -811,7 +1019,19 @@ class ZFSonLinuxISCSIDriver(image_transfer.LibiscsiImageTransferMixin, driver.IS
                 self.zfs.set_prop(ds, name, value)
             for name in plan.inherit:
                 self.zfs.inherit_prop(ds, name)
-        return True, self._metadata_update(volume, new, self._is_thin(new))
+        update = self._metadata_update(volume, new, self._is_thin(new))
+        return True, self._retype_replication(volume, new_type, update)
+
+    def _retype_replication(self, volume: Any, new_type: Any, update: dict) -> dict:
+        """replication_enabled turned on: seed the replica; off: drop it and the zol-repl
+        snapshots (after a copy retype the zvol is new: seeding sends it in full)."""
+        if self.replication is None:
+            return update
+        if replication.is_replicated_type(new_type):
+            return {**update, **self.replication.seed(volume["name"])}
+        if self._replicated(volume):
+            self.replication.drop_snapshots(volume["name"])
+        return update
 
     def _retype_copy(self, volume: Any, ds: str, new: policy.Policy, volsize: int) -> None:
         """volblocksize change: new zvol, SAN-side block copy, names swapped."""
@@ -1045,6 +1265,12 @@ class ZFSonLinuxISCSIDriver(image_transfer.LibiscsiImageTransferMixin, driver.IS
             free_capacity_gb=round((parent["available"] or 0) / GIB, 2),
             provisioned_capacity_gb=round(sum(r["volsize"] or 0 for r in visible) / GIB, 2),
             total_volumes=len(visible), backend_state="up")
+        if self.replication is not None:
+            pool.update(self.replication.stats())
+            data["replication_enabled"] = True
+            # the manager asks get_replication_error_status when this says error
+            data["replication_status"] = pool["replication_status"]
+            data["replication_targets"] = [self.replication.replica.name]
         data["pools"].append(pool)
         self._stats = data
         for ds in hidden:
@@ -1161,7 +1387,8 @@ class ZFSonLinuxISCSIDriver(image_transfer.LibiscsiImageTransferMixin, driver.IS
         sid = volume_utils.extract_id_from_snapshot_name(name)
         if sid and _snapshot_known(sid):
             raise cinder_exception.ManageExistingAlreadyManaged(volume_ref=info["name"])
-        if name.startswith(CLONE_SNAP_PREFIX) or info.get("defer_destroy") == "on":
+        if name.startswith((CLONE_SNAP_PREFIX, replication.SNAP_PREFIX)) or \
+                info.get("defer_destroy") == "on":
             raise cinder_exception.ManageExistingInvalidReference(
                 existing_ref=existing_ref,
                 reason="a clone's source or a snapshot already destroyed (deferred)")
@@ -1221,7 +1448,8 @@ class ZFSonLinuxISCSIDriver(image_transfer.LibiscsiImageTransferMixin, driver.IS
                                       types=("snapshot",)):
             vol, _, name = row["name"].partition("@")
             comp = vol.rpartition("/")[2]
-            if comp.startswith(HIDDEN_PREFIX) or name.startswith(CLONE_SNAP_PREFIX) or \
+            if comp.startswith(HIDDEN_PREFIX) or \
+                    name.startswith((CLONE_SNAP_PREFIX, replication.SNAP_PREFIX)) or \
                     row["defer_destroy"] == "on":
                 continue
             sid = volume_utils.extract_id_from_snapshot_name(name)

@@ -79,6 +79,14 @@ zol_opts = [
     cfg.FloatOpt("zol_busy_retry_interval",
                  default=1.0, min=0,
                  help="Seconds between 'dataset is busy' retries."),
+    cfg.IntOpt("zol_replication_interval",
+               default=300, min=0,
+               help="Seconds between two replication rounds when replication_device names a "
+                    "second ZFS SAN: each replicated volume (volume type with "
+                    "replication_enabled='<is> True') gets a @zol-repl-<epoch> snapshot sent "
+                    "incrementally to the replica. The replica's data is at most this old "
+                    "plus one transfer (the RPO). 0 turns the periodic rounds off (volumes "
+                    "are still seeded at create)."),
     cfg.IntOpt("zol_zvol_wait",
                default=120, min=1, max=120,
                help="Seconds to wait for /dev/zvol/... to appear after a zvol is created."),

@@ -47,6 +47,10 @@ class Dataset:
     defer_destroy: bool = False
     props: dict[str, str] = field(default_factory=dict)
     creation: int = 0
+    guid: int = field(default_factory=lambda: next(_GUIDS))
+
+
+_GUIDS = itertools.count(0x5EED0001)
 
 
 # OpenZFS 2.1 defaults of the properties a volume type may set (zol_driver.policy.ZPROPS)
@@ -207,6 +211,10 @@ class FakeSan:
             return str(d.volblocksize) if d.type != "filesystem" else "-"
         if p == "origin":
             return d.origin or "-"
+        if p == "guid":
+            return str(d.guid)
+        if p == "creation":
+            return str(d.creation)
         if p == "clones":
             if d.type != "snapshot":
                 return "-"
@@ -409,6 +417,11 @@ class FakeSan:
             return (0, "", "")
         if op == "promote":
             return (0, "", "")
+        if op == "receive" and a[1:2] == ["-A"]:    # no partial receives in this fake
+            if a[2] not in self.ds:
+                return self._open_err(a[2])
+            return (1, "", f"cannot resume send: '{a[2]}' does not have any resumable "
+                           "receive state to abort\n")
         return (64, "", f"zol-ssh-wrapper: denied: zfs {op}\n")
 
     # -- wrapper verbs --------------------------------------------------------------------------
