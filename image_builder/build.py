@@ -325,9 +325,10 @@ class Builder:
                 # BARE disk's is read by qemu-img later) only read what verify only reads:
                 # they run beside the launch (without verify, beside each other).
                 hashes = self.start_hashing(files, hashing)
-                inventory = hashing.enter_context(concurrent.futures.ThreadPoolExecutor(
-                    1, thread_name_prefix="sbom")).submit(self.package_inventory, files) \
-                    if not bare else None
+                side = hashing.enter_context(concurrent.futures.ThreadPoolExecutor(
+                    2, thread_name_prefix="describe"))
+                inventory = side.submit(self.package_inventory, files) if not bare else None
+                versions = side.submit(tool_versions)
                 if self.s.verify:
                     with self.stage("verify"):
                         self.result["verify"] = self.verify(files)
@@ -335,7 +336,8 @@ class Builder:
                     locals_ = {role: fut.result() for role, fut in hashes.items()}
                 with self.stage("manifest"):
                     manifest = self.manifest(installed, locals_, time.monotonic() - total,
-                                             files, inventory=inventory and inventory.result())
+                                             files, inventory=inventory and inventory.result(),
+                                             versions=versions.result())
             rollback.pop_all()
         if not self.s.keep_work:
             run.remove_tree(self.work)
@@ -509,7 +511,8 @@ class Builder:
 
     def manifest(self, installed: dict[str, Any], files: dict[str, glance.LocalFile],
                  total: float, paths: dict[str, Path] | None = None,
-                 inventory: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+                 inventory: list[dict[str, Any]] | None = None,
+                 versions: dict[str, str] | None = None) -> dict[str, Any]:
         """manifest.json ("built, not published"), packages.json, the SPDX SBOM and
         SHA256SUMS: everything `zol-image upload` needs to publish this build later."""
         manifest = {
@@ -521,7 +524,7 @@ class Builder:
                        "arch": self.s.arch, "mirror": self.s.mirror},
             "series": self.s.glance_series,
             "recipe": self.s.recipe,
-            "versions": tool_versions(),
+            "versions": versions or tool_versions(),
             "kernel_version": self.result.get("kernel_version"),
             "packages": installed.get("packages", []),
             "files": {role: {"path": os.path.basename(f.path), "size": f.size,
