@@ -23,6 +23,7 @@ import logging
 import secrets
 import string
 import threading
+import time
 from collections.abc import Callable
 from concurrent import futures
 from typing import Any
@@ -34,7 +35,8 @@ from cinder.volume import driver, volume_utils
 from cinder.volume.drivers.san import san
 from oslo_config import cfg
 
-from zol_driver import exception, image_transfer, opts, policy, replication, ssh, zfs
+from zol_driver import (exception, image_transfer, opts, policy, replication, ssh, transfer,
+                        zfs)
 from zol_driver.targets import tgt
 
 LOG = logging.getLogger(__name__)
@@ -48,6 +50,40 @@ RETYPE_NEW_SUFFIX = ".retype"
 RETYPE_OLD_SUFFIX = ".retype-old"
 STATS_PROPS = ("name", "type", "used", "available", "volsize", "zol:deleted")
 _ALNUM = string.ascii_letters + string.digits
+
+
+MIGRATE_SNAP_PREFIX = "zol-migrate-"
+
+
+def location_info(san_ip: str | None, parent: str, section: str | None) -> str:
+    """``ZFSonLinuxISCSIDriver:<san>:<parent>:<cinder.conf section>`` (the section lets a
+    source backend on the same host reach this one for a send | receive migration)."""
+    return f"ZFSonLinuxISCSIDriver:{san_ip or 'local'}:{parent}:{section or ''}"
+
+
+def parse_location_info(loc: str) -> tuple[str, str, str | None] | None:
+    """(san, parent, section or None) of a zol backend's location_info, None if not ours.
+
+    Also reads the older ``ZFSonLinuxISCSIDriver:<san>:<parent>`` (no section).  A parent has
+    a '/' and no ':' (the pool root is never a parent); a section has neither; the SAN address
+    may be an IPv6 address with colons.
+    """
+    kind, _, rest = (loc or "").partition(":")
+    if kind != "ZFSonLinuxISCSIDriver" or not rest:
+        return None
+    head, _, last = rest.rpartition(":")
+    section = None
+    if "/" not in last:
+        section, rest = (last or None), head
+    san, _, parent = rest.rpartition(":")
+    if not san or "/" not in parent:
+        return None
+    return san, parent, section
+
+
+def _conf_sections() -> list[str]:
+    """The sections of this host's cinder.conf files (a backend's section lives there)."""
+    return list(CONF.list_all_sections())
 
 
 def generate_secret(length: int = 20) -> str:
@@ -183,8 +219,8 @@ class ZFSonLinuxISCSIDriver(image_transfer.LibiscsiImageTransferMixin, driver.IS
         LOG.error("%s", msg)
         return cinder_exception.VolumeDriverException(message=msg)
 
-    def _make_executor(self) -> ssh.Executor:
-        c = self.configuration
+    def _make_executor(self, conf: Any = None) -> ssh.Executor:
+        c = conf or self.configuration
         if c.san_is_local:
             return ssh.LocalExecutor(c.zol_local_wrapper_command, c.zol_ssh_command_timeout)
         if not c.san_ip:
@@ -1064,31 +1100,164 @@ class ZFSonLinuxISCSIDriver(image_transfer.LibiscsiImageTransferMixin, driver.IS
 
     @_translate
     def migrate_volume(self, context: Any, volume: Any, host: Any) -> tuple[bool, dict | None]:
-        """Driver-assisted migration to another zol backend on the same SAN and pool:
-        ``zfs rename`` between the two configured parents (snapshots come along, no data
-        moves).  Anything else: (False, None), Cinder copies generically."""
+        """Driver-assisted migration to another zol backend (volume detached):
+
+        * same SAN and pool, other parent: ``zfs rename`` between the two parents (snapshots
+          come along, no data moves);
+        * another pool on this SAN, or another SAN whose backend section is in this host's
+          cinder.conf: ``zfs send | zfs receive`` through this host (_migrate_by_send).
+        Anything else: (False, None), Cinder copies generically.
+        """
         assert self.zfs is not None and self.tgt is not None
         caps = (host or {}).get("capabilities") or {}
         loc = str(caps.get("location_info") or "")
-        kind, _, rest = loc.partition(":")
-        san, _, parent = rest.rpartition(":")
+        where = parse_location_info(loc)
         mine = self.configuration.san_ip or "local"
-        if kind != "ZFSonLinuxISCSIDriver" or san != mine or not parent or \
-                parent == self.zfs.parent or \
-                parent.split("/")[0] != self.zfs.parent.split("/")[0] or \
-                self._attachments(volume):
-            LOG.info("migrate %s to %s: not on this SAN's pool (or attached): Cinder copies",
-                     volume["name"], loc or "?")
+        if where is None or self._attachments(volume):
+            LOG.info("migrate %s to %s: not a zol backend (or the volume is attached): Cinder "
+                     "copies", volume["name"], loc or "?")
             return False, None
-        ds = self._ds(volume["name"])
-        target = f"{parent}/{volume['name']}"
+        san, parent, section = where
+        if san == mine and parent == self.zfs.parent:
+            LOG.info("migrate %s: %s is this backend's own parent: Cinder copies",
+                     volume["name"], parent)
+            return False, None
         pol = self._policy(volume)
         dest_thin = (caps.get("zol_default_provisioning", "thin") == "thin"
                      if pol.thin is None else pol.thin)
+        if san != mine or parent.split("/")[0] != self.zfs.parent.split("/")[0]:
+            return self._migrate_by_send(volume, san, parent, section, pol, dest_thin)
+        ds = self._ds(volume["name"])
+        target = f"{parent}/{volume['name']}"
         self.tgt.unexport(self._iqn(volume))
         self.zfs.move(ds, target, thick=not dest_thin)
         LOG.info("migrated %s to %s by zfs rename", ds, target)
         return True, self._metadata_update(volume, pol, dest_thin)
+
+    # -- migration by zfs send | zfs receive --------------------------------------------------
+
+    def _dest_conf(self, section: str) -> Any:
+        """The destination backend's cinder.conf section, read like cinder-volume reads it."""
+        from cinder.volume import configuration as vconf
+        conf = vconf.Configuration(driver.volume_opts, config_group=section)
+        conf.append_config_values(san.san_opts)
+        conf.append_config_values(opts.zol_opts)
+        return conf
+
+    def _dest_executor(self, conf: Any) -> ssh.Executor:
+        """An executor for the destination SAN from ITS section (its key, known_hosts, port:
+        confined by its own wrapper)."""
+        return self._make_executor(conf)
+
+    def _dest_client(self, san_addr: str, parent: str,
+                     section: str | None) -> tuple[zfs.ZfsClient | None, str]:
+        """(ZfsClient of the destination, "") or (None, why Cinder must copy instead)."""
+        if not section:
+            return None, "its location_info names no cinder.conf section (an older driver)"
+        if section not in _conf_sections():
+            return None, (f"its section [{section}] is not in this host's cinder.conf (the "
+                          "backend runs on another host)")
+        conf = self._dest_conf(section)
+        if conf.zol_parent_dataset != parent or (conf.san_ip or "local") != san_addr:
+            return None, (f"section [{section}] names {conf.san_ip or 'local'}:"
+                          f"{conf.zol_parent_dataset}, not {san_addr}:{parent}")
+        try:
+            executor = self._dest_executor(conf)
+            client = zfs.ZfsClient(executor, parent, busy_retries=conf.zol_busy_retries,
+                                   busy_interval=conf.zol_busy_retry_interval,
+                                   copy_timeout=conf.zol_copy_timeout)
+        except (exception.ZolException, cinder_exception.VolumeDriverException) as exc:
+            return None, f"section [{section}]: {exc}"
+        return client, ""
+
+    def _migrate_by_send(self, volume: Any, san_addr: str, parent: str, section: str | None,
+                         pol: policy.Policy, dest_thin: bool) -> tuple[bool, dict | None]:
+        """Full ``zfs send | zfs receive`` of a detached volume to another pool or SAN.
+
+        Snapshot @zol-migrate-<ts>, stream it (transfer.send: resumable, aborted on failure),
+        wait for the zvol on the destination, give it the type's policy (receive carries no
+        properties), then unexport and destroy (or hide) the source and drop the temporary
+        snapshots.  Any failure before the source is touched: the destination is cleaned up,
+        the source keeps its data, export and properties, and the error goes to Cinder.
+        """
+        assert self.zfs is not None and self.tgt is not None
+        dst, why = self._dest_client(san_addr, parent, section)
+        if dst is None:
+            LOG.info("migrate %s to %s:%s: cannot reach the destination from here (%s): "
+                     "Cinder copies", volume["name"], san_addr, parent, why)
+            return False, None
+        ds = self._ds(volume["name"])
+        dst_ds = dst.ds(volume["name"])
+        try:
+            rows = self.zfs.tree(ds, (*zfs.VOLUME_PROPS, "volblocksize"))
+            if not rows:
+                raise exception.DatasetNotFound(command="zfs list", exit_code=1,
+                                                stderr=f"{ds} does not exist", stdout="")
+            live = [r["name"] for r in rows[1:]      # deleted ones wait for their clones
+                    if r["name"].partition("@")[2].startswith("snapshot-")
+                    and r.get("defer_destroy") != "on"]
+            if live:
+                # Cinder refuses to migrate a volume with snapshots (API and retype)
+                LOG.info("migrate %s: it has snapshots %s: Cinder copies", ds, live)
+                return False, None
+            if dst.exists(dst_ds):
+                raise exception.DatasetExists(
+                    command="zfs list", exit_code=0, stdout="",
+                    stderr=f"{dst_ds} already exists on {dst.executor.host}: a leftover of "
+                           "an earlier migration? Remove it there if no volume uses it")
+            return self._send_volume(volume, ds, dst, dst_ds, pol, dest_thin)
+        finally:
+            dst.executor.close()
+
+    def _send_volume(self, volume: Any, ds: str, dst: zfs.ZfsClient, dst_ds: str,
+                     pol: policy.Policy, dest_thin: bool) -> tuple[bool, dict]:
+        assert self.zfs is not None and self.tgt is not None
+        name = f"{MIGRATE_SNAP_PREFIX}{int(time.time())}"
+        snap, dst_snap = f"{ds}@{name}", f"{dst_ds}@{name}"
+        t0 = time.monotonic()
+        LOG.info("migrating %s to %s on %s by zfs send | zfs receive", ds, dst_ds,
+                 dst.executor.host)
+        self.zfs.snapshot(snap)
+        try:
+            res = transfer.send(self.zfs, snap, dst, dst_ds,
+                                timeout=self.configuration.zol_copy_timeout)
+            dst.wait_zvol(dst_ds, self.configuration.zol_zvol_wait)
+            dst.destroy(dst_snap)
+            for prop, value in pol.create_props().items():
+                dst.set_prop(dst_ds, prop, value)
+            dst.set_refreservation(dst_ds, not dest_thin)
+        except Exception as exc:
+            LOG.error("migration of %s to %s on %s failed, cleaning up the destination "
+                      "(the source is untouched): %s", ds, dst_ds, dst.executor.host, exc)
+            self._undo_receive(dst, dst_ds, dst_snap)
+            self.zfs.destroy(snap)
+            raise
+        # the copy is complete: the source goes (its clones' origins stay hidden)
+        self.zfs.destroy(snap)
+        self.tgt.unexport(self._iqn(volume))
+        rows = self.zfs.tree(ds)
+        origin = rows[0].get("origin") if rows else None
+        if rows:
+            self._destroy_or_hide(ds, rows)
+        if origin:
+            self._collect(origin.partition("@")[0])
+        LOG.info("migrated %s to %s on %s by zfs send | zfs receive: %.1f MiB in %.1f s "
+                 "(%.1f MiB/s on the wire, %.1f s in all)", ds, dst_ds, dst.executor.host,
+                 res.bytes / 1048576, res.seconds, res.mib_per_s, time.monotonic() - t0)
+        # the old export's portal is the source SAN's: the destination exports it at attach
+        return True, {**self._metadata_update(volume, pol, dest_thin),
+                      "provider_location": None}
+
+    @staticmethod
+    def _undo_receive(dst: zfs.ZfsClient, dst_ds: str, dst_snap: str) -> None:
+        """Leave nothing of a failed migration on the destination (never raises)."""
+        for step in (lambda: dst.abort_receive(dst_ds), lambda: dst.destroy(dst_snap),
+                     lambda: dst.destroy(dst_ds)):
+            try:
+                step()
+            except exception.ZolException as exc:
+                LOG.error("could not clean %s on %s: %s (remove it there by hand)", dst_ds,
+                          dst.executor.host, exc)
 
     @_translate
     def update_migrated_volume(self, ctxt: Any, volume: Any, new_volume: Any,
@@ -1241,7 +1410,7 @@ class ZFSonLinuxISCSIDriver(image_transfer.LibiscsiImageTransferMixin, driver.IS
             "consistent_group_snapshot_enabled": True,
             # One target per volume: os-brick needs no per-host lock around (dis)connects.
             "shared_targets": False,
-            "location_info": f"ZFSonLinuxISCSIDriver:{c.san_ip or 'local'}:{self.zfs.parent}",
+            "location_info": location_info(c.san_ip, self.zfs.parent, c.config_group),
             "filter_function": self.get_filter_function(),
             "goodness_function": self.get_goodness_function(),
         }
