@@ -81,6 +81,13 @@ def parse_location_info(loc: str) -> tuple[str, str, str | None] | None:
     return san, parent, section
 
 
+def _san_id(conf: Any) -> tuple[str, int]:
+    """Which SAN a backend's section talks to: address and ssh port (0: san_is_local)."""
+    if conf.san_is_local:
+        return "local", 0
+    return str(conf.san_ip or ""), int(conf.san_ssh_port or 22)
+
+
 def _conf_sections() -> list[str]:
     """The sections of this host's cinder.conf files (a backend's section lives there)."""
     return list(CONF.list_all_sections())
@@ -1118,14 +1125,19 @@ class ZFSonLinuxISCSIDriver(image_transfer.LibiscsiImageTransferMixin, driver.IS
                      "copies", volume["name"], loc or "?")
             return False, None
         san, parent, section = where
-        if san == mine and parent == self.zfs.parent:
+        # the same SAN: the same address AND ssh port when the destination's section is here
+        # (SANs behind one address differ by port), else the same address
+        dconf = self._dest_conf(section) if section and section in _conf_sections() else None
+        same_san = (_san_id(dconf) == _san_id(self.configuration) if dconf is not None
+                    else san == mine)
+        if same_san and parent == self.zfs.parent:
             LOG.info("migrate %s: %s is this backend's own parent: Cinder copies",
                      volume["name"], parent)
             return False, None
         pol = self._policy(volume)
         dest_thin = (caps.get("zol_default_provisioning", "thin") == "thin"
                      if pol.thin is None else pol.thin)
-        if san != mine or parent.split("/")[0] != self.zfs.parent.split("/")[0]:
+        if not same_san or parent.split("/")[0] != self.zfs.parent.split("/")[0]:
             return self._migrate_by_send(volume, san, parent, section, pol, dest_thin)
         ds = self._ds(volume["name"])
         target = f"{parent}/{volume['name']}"

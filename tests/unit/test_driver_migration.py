@@ -199,3 +199,17 @@ def test_source_with_clones_is_hidden_not_destroyed(two):
     assert ds(v) not in a.ds and ds(c) in a.ds       # the clone keeps its origin, hidden
     hidden = [n for n in a.names() if "deleted-" in n and v["name"] in n]
     assert hidden and not any("zol-migrate-" in n for n in a.names())
+
+
+def test_same_address_other_ssh_port_is_another_san(two, monkeypatch):
+    """Two SANs behind one address (port forwards): the section's san_ssh_port tells them
+    apart, so the move is a stream, not a rename inside the source's pool."""
+    src, _dest, a, b, stream = two
+    other = make_driver(b, group="zol-b2", san_ip="192.0.2.10", san_ssh_port=2222,
+                        zol_parent_dataset=B_PARENT)
+    monkeypatch.setattr(zdriver, "_conf_sections", lambda: ["zol-b2"])
+    v = vol(9)
+    src.create_volume(v)
+    moved, _ = src.migrate_volume(None, v, dest_host(other))
+    assert moved and len(stream.calls) == 1
+    assert a.names() == [] and b.names(B_PARENT) == [f"{B_PARENT}/{v['name']}"]
