@@ -26,6 +26,7 @@ from tests.helpers.scripts import load_script
 REPO = Path(__file__).resolve().parents[2]
 KEYSTONE = REPO / "tools" / "keystone"
 GLANCE_SERVER = REPO / "tools" / "glance-server"
+OPENSTACK = REPO / ".venv" / "bin" / "openstack"
 
 
 def load_keystone_module():
@@ -38,6 +39,15 @@ def keystone_cinder(keystone: KeystoneServer, user: str = "admin", version: str 
     from cinderclient.v3 import client as v3client
     return v3client.Client(session=keystone.session(user),
                            api_version=api_versions.APIVersion(version))
+
+
+def osc(keystone: KeystoneServer, cloud: str, *args: str, timeout: float = 300):
+    """`openstack ARGS -f json` as cloud `cloud` of the clouds.yaml -> parsed JSON (the
+    passwords stay in clouds.yaml: OS_CLIENT_CONFIG_FILE + OS_CLOUD, nothing on the argv)."""
+    r = subprocess.run([str(OPENSTACK), *args, "-f", "json"], env=keystone.env(cloud),
+                       capture_output=True, text=True, timeout=timeout, check=False)
+    assert r.returncode == 0, f"openstack {' '.join(args)} failed ({r.returncode}): {r.stderr}"
+    return json.loads(r.stdout) if r.stdout.strip() else None
 
 
 def keystone_glance_client(keystone: KeystoneServer, user: str = "admin"):

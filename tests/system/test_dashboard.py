@@ -2,28 +2,37 @@
 
 Real components only: Keystone 30 (tools/keystone), Glance and Cinder behind it
 (keystonemiddleware; tools/glance-server / tools/cinder-stack --keystone), Horizon 27
-(tools/horizon) and the session SAN VM; Debian's chromium + chromium-driver through Selenium.
-Pages are checked by what a person reads on them (table rows, statuses, sizes, messages); every
-volume step is also checked on the SAN itself (zvol present with the right volsize, its data,
-gone after delete).  One browser and one Horizon for the module; the tests run in file order.
+(tools/horizon) and the session SAN VM; Debian's chromium + chromium-driver through Selenium;
+the `openstack` CLI (python-openstackclient) with the Keystone's clouds.yaml.
+Pages are checked by what a person reads on them (table rows, statuses, sizes, quotas,
+messages); every volume step is also checked on the SAN itself (zvol present with the right
+volsize, its data, gone after delete).  One browser and one Horizon for the module; the tests
+run in file order.
 
-The image used for "volume from image" is a small raw image uploaded to this Keystone's Glance
-by the test (the functional tier's Debian AMI lives in another, noauth Glance; copying its
-hundreds of MiB in here would cost more than the whole dashboard tier).
+"Volume from image" uses the session's real bookworm triplet (the functional tier's `triplet`
+fixture: built once per session, never a second time), published into this Keystone's Glance
+with `zol-image upload --os-cloud zol-admin`, the way a cloud admin publishes it.
 """
 from __future__ import annotations
 
-import hashlib
-import io
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
-from tests.plugins.keystone import keystone_cinder, keystone_glance_client
+from tests.functional.test_image_build import triplet  # noqa: F401  (session fixture)
+from tests.plugins.keystone import keystone_cinder, keystone_glance_client, osc
 
 GIB = 1024 ** 3
 THIN = "zol/cinder"
-IMAGE_BYTES = b"".join(b"zol-dashboard-image %06d\n" % i for i in range(40000))  # ~1 MiB
+PARENTS = {"zol-thin": "zol/cinder", "zol-thick": "zol/cinder-thick"}  # tools/cinder-stack
+EXT4_MAGIC = "53ef"  # s_magic 0xEF53, little endian, at byte 1080 (superblock 1024 + 0x38)
 
 pytestmark = pytest.mark.system
 
@@ -79,6 +88,94 @@ def dash(keystone_server, keystone_cinder_stack, keystone_glance, horizon_server
     return {"ks": keystone_server, "stack": keystone_cinder_stack, "b": browser}
 
 
+def hardlinked_build(src: Path, dest_parent: Path) -> Path:
+    """A copy of the build directory `src` whose image files are hard links (instant, no
+    space): `zol-image upload` records the publication in manifest.json, and the session's
+    build stays exactly as the other tests found it.  The work/ tree is not needed."""
+    dest = dest_parent / src.name
+    dest.mkdir()
+    for f in src.iterdir():
+        if not f.is_file():
+            continue
+        if f.name == "manifest.json":
+            shutil.copy2(f, dest / f.name)
+            continue
+        try:
+            os.link(f, dest / f.name)
+        except OSError:  # another filesystem (a build dir given by ZOL_IMAGE_BUILD_DIR)
+            shutil.copy2(f, dest / f.name)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def published_ami(request, keystone_server, keystone_glance, tmp_path_factory):
+    """The session's bookworm triplet in this Keystone's Glance, published as a cloud admin
+    does: `zol-image upload BUILD_DIR --os-cloud zol-admin --visibility public` with the
+    admin's clouds.yaml (password auth).  ZOL_IMAGE_BUILD_DIR=DIR (a finished `zol-image
+    build` directory) replaces the session build while developing."""
+    reuse = os.environ.get("ZOL_IMAGE_BUILD_DIR")
+    src = Path(reuse) if reuse else request.getfixturevalue("triplet")["dir"]
+    build = hardlinked_build(src, tmp_path_factory.mktemp("ami-publish"))
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "image_builder.cli", "upload", str(build),
+                        "--os-cloud", "zol-admin", "--visibility", "public"],
+                       env=keystone_server.env("zol-admin"), capture_output=True, text=True,
+                       timeout=1200, stdin=subprocess.DEVNULL, check=False)
+    assert r.returncode == 0, f"zol-image upload failed ({r.returncode}): {r.stderr[-4000:]}"
+    record = json.loads(r.stdout)
+    manifest = json.loads((build / "manifest.json").read_text())
+    root = manifest["files"]["root"]
+    glance = keystone_glance_client(keystone_server, "admin")
+    image = glance.images.get(record["root"])
+    print(f"zol-image upload of the triplet ({record['bytes'] / 2 ** 20:.0f} MiB) to the "
+          f"Keystone-backed Glance: {time.monotonic() - t0:.0f} s")
+    yield {"id": record["root"], "name": image["name"], "size": root["size"],
+           "sha512": root["sha512"], "min_disk": image["min_disk"],
+           "ids": [record[k] for k in ("root", "kernel", "ramdisk")]}
+    for image_id in (record["root"], record["kernel"], record["ramdisk"]):
+        glance.images.delete(image_id)
+
+
+def horizon_used(b, page: str, title: str) -> str:
+    """Open `page` (a form with Horizon's quota bars) and read the line of quota `title`,
+    e.g. "Total Gibibytes" -> "3 of 1,000 GiB Used"."""
+    b.go(page)
+    got = b.wait(lambda: [q.text for q in b.css(".quota_title") if title in q.text], 60,
+                 f"quota {title!r} on {page}")
+    return " ".join(got[0].replace(title, "").split())
+
+
+def quota_line(used: int, limit: int, unit: str = "") -> str:
+    """How Horizon's _limits.html writes it: intcomma, 'No Limit' for -1."""
+    lim = "No Limit" if limit < 0 else f"{limit:,}"
+    return f"{used:,} of {lim}{unit} Used"
+
+
+def pools_equal_san(ks, san_admin, timeout: float = 180) -> dict:
+    """`openstack volume backend pool list --long` as admin: each zol pool's total/free
+    capacity equals the SAN's `zfs list -p used,available` of its parent (the driver reports
+    used+available and available, in GiB to 2 decimals; its stats refresh every 10 s)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = osc(ks, "zol-admin", "volume", "backend", "pool", "list", "--long")
+        caps = {r["Name"]: r["Capabilities"] for r in rows}
+        diffs, seen = [], {}
+        for backend, parent in PARENTS.items():
+            name = next((n for n in caps if n.endswith(f"@{backend}#{backend}")), None)
+            assert name, f"no pool of backend {backend} in {list(caps)}"
+            c = caps[name]
+            used, avail = (int(x) for x in san_admin.out(
+                ["zfs", "list", "-H", "-p", "-o", "used,available", parent]).split())
+            want = {"total_capacity_gb": (used + avail) / GIB, "free_capacity_gb": avail / GIB}
+            seen[name] = {k: (float(c[k]), round(v, 2)) for k, v in want.items()}
+            diffs += [(name, k, float(c[k]), v) for k, v in want.items()
+                      if abs(float(c[k]) - v) > 0.011]
+        if not diffs:
+            return seen
+        assert time.monotonic() < deadline, f"pool capacity (CLI) vs SAN: {diffs}"
+        time.sleep(5)
+
+
 def test_wrong_password_is_refused(dash):
     b = dash["b"]
     b.login("demo", "not-" + dash["ks"].password("demo"))
@@ -88,20 +185,18 @@ def test_wrong_password_is_refused(dash):
     assert b.path().startswith("/auth/login"), "an anonymous visitor reached " + b.path()
 
 
-def test_member_volume_lifecycle(dash, san_admin):
-    """demo member: 1 GiB zol-thin volume -> Available; snapshot; volume from it; extend to
-    2 GiB; volume from an image; delete all; each step on the SAN too."""
+def test_member_volume_lifecycle(dash, published_ami, san_admin):
+    """demo member: 1 GiB zol-thin volume -> Available; snapshot; volume from it; the quota
+    usage Horizon shows; extend to 2 GiB; volume from the published Debian AMI; delete all;
+    each step on the SAN too."""
     ks, b = dash["ks"], dash["b"]
     b.login("demo", ks.password("demo"))
     assert b.path() == "/project/", b.path()
 
-    # an image the member may use (public, uploaded by the admin through Keystone auth)
-    glance = keystone_glance_client(ks, "admin")
-    image = glance.images.create(name="zol-dash-tiny", disk_format="raw",
-                                 container_format="bare", visibility="public")
-    glance.images.upload(image["id"], io.BytesIO(IMAGE_BYTES))
     cinder = keystone_cinder(ks, "demo")
     vols, snaps_api = cinder.volumes, cinder.volume_snapshots
+    before = cinder.limits.get().absolute
+    before = {x.name: x.value for x in before}
     made = []
     try:
         # 1. create a 1 GiB volume of type zol-thin
@@ -137,6 +232,23 @@ def test_member_volume_lifecycle(dash, san_admin):
         b.see("volumes", "/project/volumes/", "dash-vol-2", "Available", "1GiB")
         wait_san(san_admin, f"{THIN}/volume-{v2}", GIB)
 
+        # quotas as the member sees them (Project > Overview needs Nova, see doc/dashboard.md):
+        # the Volume Limits of Create Volume and the Snapshot Limits of Create Snapshot;
+        # 2 volumes and 1 snapshot of 1 GiB more than before: 3 GiB (snapshots count)
+        limits = {x.name: x.value for x in cinder.limits.get().absolute}
+        gb, nvol, nsnap = (before["totalGigabytesUsed"] + 3, before["totalVolumesUsed"] + 2,
+                           before["totalSnapshotsUsed"] + 1)
+        assert (limits["totalGigabytesUsed"], limits["totalVolumesUsed"],
+                limits["totalSnapshotsUsed"]) == (gb, nvol, nsnap), limits
+        page = "/project/volumes/create/"
+        assert horizon_used(b, page, "Total Gibibytes") == \
+            quota_line(gb, limits["maxTotalVolumeGigabytes"], " GiB")
+        assert horizon_used(b, page, "Number of Volumes") == \
+            quota_line(nvol, limits["maxTotalVolumes"])
+        page = f"/project/volumes/{v1}/create_snapshot/"
+        assert horizon_used(b, page, "Number of Snapshots") == \
+            quota_line(nsnap, limits["maxTotalSnapshots"])
+
         # 4. extend the first to 2 GiB
         b.go(f"/project/volumes/{v1}/extend/")
         b.fill("id_new_size", "2")
@@ -148,26 +260,41 @@ def test_member_volume_lifecycle(dash, san_admin):
         b.see("volumes", "/project/volumes/", "dash-vol-1", "Available", "2GiB")
         wait_san(san_admin, f"{THIN}/volume-{v1}", 2 * GIB)
 
-        # 5. a volume from the image: its first bytes on the zvol are the image's
-        b.go(f"/project/volumes/create/?image_id={image['id']}")
-        b.fill("id_name", "dash-vol-img")
-        b.fill("id_size", "1")
+        # 5. a volume from the published Debian AMI: Create Volume, source Image, that AMI
+        ami = published_ami
+        size = max(ami["min_disk"], math.ceil(ami["size"] / GIB))
+        t0 = time.monotonic()
+        b.go("/project/volumes/create/")
+        b.choose("id_volume_source_type", "image_source")
+        b.choose("id_image_source", ami["id"])
+        b.choose("id_type", "zol-thin")
+        b.fill("id_name", "dash-vol-ami")
+        b.fill("id_size", str(size))
         b.submit()
-        v3 = api_wait(lambda: by_name(vols, "dash-vol-img"), "available", timeout=600,
-                      what="dash-vol-img").id
+        v3 = api_wait(lambda: by_name(vols, "dash-vol-ami"), "available", timeout=1800,
+                      what="dash-vol-ami").id
         made.append(v3)
-        b.see("volumes", "/project/volumes/", "dash-vol-img", "Available", "Yes")  # bootable
-        wait_san(san_admin, f"{THIN}/volume-{v3}", GIB)
-        head = san_admin.out(["sh", "-c", f"head -c {len(IMAGE_BYTES)} "
-                              f"/dev/zvol/{THIN}/volume-{v3} | sha256sum"]).split()[0]
-        assert head == hashlib.sha256(IMAGE_BYTES).hexdigest(), "zvol data is not the image"
+        took = time.monotonic() - t0
+        b.see("volumes", "/project/volumes/", "dash-vol-ami", "Available", f"{size}GiB",
+              "Yes")  # bootable
+        wait_san(san_admin, f"{THIN}/volume-{v3}", size * GIB)
+        dev = f"/dev/zvol/{THIN}/volume-{v3}"
+        magic = san_admin.out(["od", "-An", "-tx1", "-j1080", "-N2", dev]).split()
+        assert "".join(magic) == EXT4_MAGIC, f"no ext4 superblock on {dev}: {magic}"
+        t1 = time.monotonic()
+        head = san_admin.out(["sh", "-c", f"head -c {ami['size']} {dev} | sha512sum"],
+                             timeout=900).split()[0]
+        assert head == ami["sha512"], "the zvol's first bytes are not the AMI's filesystem"
+        print(f"volume from the {ami['size'] / 2 ** 20:.0f} MiB AMI {ami['name']!r} "
+              f"({size} GiB): Available {took:.0f} s after Create; sha512 of its "
+              f"{ami['size']} first bytes on the SAN in {time.monotonic() - t1:.0f} s")
 
         # 6. delete all: the volumes without snapshots, the snapshot, then the first volume
         b.go("/project/volumes/")
         b.click_action("volumes", [v2, v3], "delete", "Delete Volumes")
         for v in (v2, v3):
             gone(vols, v, what="volume")
-        for name in ("dash-vol-2", "dash-vol-img"):
+        for name in ("dash-vol-2", "dash-vol-ami"):
             b.wait_row_gone("volumes", "/project/volumes/", name, timeout=30)
         for v in (v2, v3):
             wait_san(san_admin, f"{THIN}/volume-{v}", None)
@@ -193,13 +320,12 @@ def test_member_volume_lifecycle(dash, san_admin):
                 cinder.volumes.delete(v, cascade=True)
             except Exception:
                 pass
-        glance.images.delete(image["id"])
 
 
 def test_admin_volume_type_with_extra_specs_and_pools(dash, san_admin):
     """admin: create a volume type with the driver's extra specs in Admin > Volume Types; a
     volume of it lands on the zol-thin backend; the pools and their services are visible."""
-    ks, b, stack = dash["ks"], dash["b"], dash["stack"]
+    ks, b = dash["ks"], dash["b"]
     b.login("admin", ks.password("admin"))
     b.go("/admin/volume_types/create_type")
     b.fill("id_name", "dash-gold")
@@ -234,20 +360,15 @@ def test_admin_volume_type_with_extra_specs_and_pools(dash, san_admin):
         refres = san_admin.out(["zfs", "get", "-H", "-o", "value", "refreservation", ds])
         assert refres.strip() == "none", refres
 
-        # the pools: by name in the admin's migrate form, capacity from the driver's stats
+        # the pools: by name in the admin's migrate form (the only pools view of Horizon 27)
         b.go(f"/admin/volumes/{vol.id}/migrate")
         hosts = [a.get_attribute("textContent").strip()
                  for a in b.css("a[data-select-value]")]
         assert "zol-cinder-stack@zol-thick#zol-thick" in hosts, hosts
-        pools = stack.pools()
-        thin = next(c for n, c in pools.items() if n.endswith("@zol-thin#zol-thin"))
-        assert thin["total_capacity_gb"] > 0 and thin["thin_provisioning_support"], thin
-        used = int(san_admin.out(["zfs", "get", "-H", "-p", "-o", "value", "used,available",
-                                  THIN]).split()[0])
-        avail = int(san_admin.out(["zfs", "get", "-H", "-p", "-o", "value", "available",
-                                   THIN]).strip())
-        assert abs(thin["free_capacity_gb"] - avail / GIB) < 1.0, (thin, avail)
-        assert used >= 0
+        # ... their capacity from the driver's stats: the scheduler's pools through the real
+        # CLI as admin (Horizon has no capacity view), equal to what the SAN says
+        seen = pools_equal_san(ks, san_admin)
+        print("scheduler pools (CLI GiB, SAN GiB):", json.dumps(seen))
 
         # Admin > System Information: the cinder-volume services of both backends are up
         b.go("/admin/info/")
@@ -257,6 +378,21 @@ def test_admin_volume_type_with_extra_specs_and_pools(dash, san_admin):
         text = b.wait(lambda: "zol-cinder-stack@zol-thin" in b.text() and b.text(), 30,
                       "the block storage services")
         assert "zol-cinder-stack@zol-thick" in text and "Up" in text, text
+
+        # Admin > System > Defaults: the volume quotas every project starts with
+        defaults = cinder.quotas.defaults(ks.projects["admin"])._info
+        b.go("/admin/defaults/")
+        b.wait(lambda: "Default Quotas" in b.text(), 60, "the Default Quotas page")
+        tab = [a for a in b.css("a[data-toggle=tab]") if "Volume Quotas" in a.text]
+        if tab:  # Horizon draws the tab bar only with two tabs or more (Nova: Compute Quotas)
+            tab[0].click()
+        for key, label in (("volumes", "Volumes"), ("snapshots", "Volume Snapshots"),
+                           ("gigabytes", "Total Size of Volumes and Snapshots (GiB)"),
+                           ("volumes_zol-thin", "Volumes of Type zol-thin")):
+            row = b.wait(lambda k=key: [r for r in b.css(
+                f'table#volume_quotas tr[data-object-id="{k}"]') if r.text], 30,
+                f"the {key} row of Volume Quotas")[0].text
+            assert row == f"{label} {defaults[key]}", (row, defaults[key])
     finally:
         if vol is not None:
             cinder.volumes.delete(vol.id)

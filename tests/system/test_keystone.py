@@ -5,7 +5,6 @@ Shares the session's Keystone / Glance / Cinder (keystone auth) with test_dashbo
 """
 from __future__ import annotations
 
-import json
 import subprocess
 import time
 import urllib.error
@@ -14,21 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.plugins.keystone import keystone_cinder
+from tests.plugins.keystone import OPENSTACK, keystone_cinder, osc
 
-REPO = Path(__file__).resolve().parents[2]
-OPENSTACK = REPO / ".venv" / "bin" / "openstack"
 GIB = 1024 ** 3
 
 pytestmark = pytest.mark.system
-
-
-def osc(keystone, cloud: str, *args: str, timeout: float = 300):
-    """`openstack --os-cloud CLOUD ARGS -f json` -> parsed JSON (secrets stay in clouds.yaml)."""
-    r = subprocess.run([str(OPENSTACK), *args, "-f", "json"], env=keystone.env(cloud),
-                       capture_output=True, text=True, timeout=timeout, check=False)
-    assert r.returncode == 0, f"openstack {' '.join(args)} failed ({r.returncode}): {r.stderr}"
-    return json.loads(r.stdout) if r.stdout.strip() else None
 
 
 def osc_plain(keystone, cloud: str, *args: str, timeout: float = 300) -> None:
