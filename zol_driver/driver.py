@@ -360,7 +360,9 @@ class ZFSonLinuxISCSIDriver(image_transfer.LibiscsiImageTransferMixin, driver.IS
             raise cinder_exception.InvalidVolumeType(reason=(
                 f"volume type of {volume['id']} has replication_enabled but backend "
                 f"{self.backend_name} has no replication_device"))
-        return {**(update or {}), **self.replication.seed(volume["name"])}
+        pol = self._policy(volume)
+        return {**(update or {}), **self.replication.seed(
+            volume["name"], pol.create_props(), not self._is_thin(pol))}
 
     def _export_on(self, site: replication.Site, volume: Any) -> dict | None:
         return self._export(volume, create=True, site=site)
@@ -1063,15 +1065,20 @@ class ZFSonLinuxISCSIDriver(image_transfer.LibiscsiImageTransferMixin, driver.IS
             for name in plan.inherit:
                 self.zfs.inherit_prop(ds, name)
         update = self._metadata_update(volume, new, self._is_thin(new))
-        return True, self._retype_replication(volume, new_type, update)
+        return True, self._retype_replication(
+            volume, new_type, update, new,
+            tuple(plan.inherit) if plan.kind == "in-place" else ())
 
-    def _retype_replication(self, volume: Any, new_type: Any, update: dict) -> dict:
-        """replication_enabled turned on: seed the replica; off: drop it and the zol-repl
-        snapshots (after a copy retype the zvol is new: seeding sends it in full)."""
+    def _retype_replication(self, volume: Any, new_type: Any, update: dict,
+                            new: policy.Policy, inherit: tuple[str, ...]) -> dict:
+        """replication_enabled turned on: seed the replica; still on: one round and the new
+        policy on the replica; off: drop the replica and the zol-repl snapshots (after a copy
+        retype the zvol is new: seeding sends it in full)."""
         if self.replication is None:
             return update
         if replication.is_replicated_type(new_type):
-            return {**update, **self.replication.seed(volume["name"])}
+            return {**update, **self.replication.seed(
+                volume["name"], new.create_props(), not self._is_thin(new), inherit)}
         if self._replicated(volume):
             self.replication.drop_snapshots(volume["name"])
         return update

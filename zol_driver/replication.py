@@ -327,10 +327,14 @@ class Replicator:
         self._drop(dst.zfs, dst_snaps, new)
         return res, base, new
 
-    def seed(self, comp: str) -> dict:
-        """A new replicated volume: its first (full) stream.  The volume is usable even when
-        the replica cannot be reached: its status says error and the periodic sync retries
-        (the zol-repl snapshot marks it as replicated)."""
+    def seed(self, comp: str, props: Mapping[str, str] | None = None,
+             thick: bool | None = None, inherit: Iterable[str] = ()) -> dict:
+        """A new replicated volume: its first (full) stream, then the type's policy set on
+        the replica (a stream without -p carries no properties: what a failover serves must
+        compress, sync and reserve as the type says).  Also after a retype (an incremental
+        round, the new policy).  The volume is usable even when the replica cannot be
+        reached: its status says error and the periodic sync retries (the zol-repl snapshot
+        marks it as replicated)."""
         try:
             self.sync(comp)
         except exception.ZolException as exc:
@@ -343,7 +347,32 @@ class Replicator:
             except exception.ZolException as exc2:
                 LOG.error("cannot mark %s as replicated: %s", src_ds, exc2)
             return {"replication_status": ERROR}
+        if props is not None:
+            try:
+                self.apply_policy(comp, props, thick, inherit)
+            except exception.ZolException as exc:
+                # the data is replicated; what is missing is how the replica stores it
+                LOG.warning("the replica of %s on %s is up to date but lacks its type's "
+                            "policy (fix the replica's parent, e.g. its free space for a "
+                            "thick volume, then retype again): %s", comp, self.passive.name,
+                            exc)
         return {"replication_status": ENABLED}
+
+    def apply_policy(self, comp: str, props: Mapping[str, str], thick: bool | None,
+                     inherit: Iterable[str] = ()) -> None:
+        """The volume's ZFS policy on its replica: PROPS set, INHERIT (what a retype dropped)
+        inherited, refreservation for thick/thin."""
+        site = self.passive
+        ds = site.zfs.ds(comp)
+        for name, value in sorted(props.items()):
+            site.zfs.set_prop(ds, name, value)
+        for name in inherit:
+            site.zfs.inherit_prop(ds, name)
+        if thick is not None:
+            site.zfs.set_refreservation(ds, thick)
+        LOG.info("policy of %s set on its replica on %s: %s%s", comp, site.name,
+                 ", ".join(f"{k}={v}" for k, v in sorted(props.items())) or "inherited",
+                 "" if thick is None else (", thick" if thick else ", thin"))
 
     def _destroy_tree(self, site: Site, ds: str) -> bool:
         """Destroy a replica zvol (snapshots first: the grammar has no -r); False if absent."""

@@ -479,3 +479,26 @@ def test_driver_config_errors_name_the_key(sans):
     assert "option replication_device" in str(ei.value) and "san_login" in str(ei.value)
     with pytest.raises(cinder_exception.VolumeDriverException, match="fail back first"):
         build_driver(a, b, active_backend_id="san-b")
+
+
+def test_the_replica_carries_the_type_policy_at_create_and_after_retype(rdrv, sans, tmp_path):
+    """A stream without -p carries no properties: the driver sets the type's policy on the
+    replica after the seed and again after an in-place retype (dropped keys inherited)."""
+    a, b = sans
+    drv = rdrv()
+    db = {"name": "db-repl", "extra_specs": {
+        "replication_enabled": "<is> True", "zol:compression": "zstd", "zol:sync": "always",
+        "provisioning:type": "thick"}}
+    v = vol(30, volume_type=db)
+    assert drv.create_volume(v)["replication_status"] == "enabled"
+    rep = b.ds["zol/cinder-replica/" + v["name"]]
+    assert (rep.props.get("compression"), rep.props.get("sync")) == ("zstd", "always")
+    assert rep.refreservation                                     # thick on the replica too
+    scratch = {"name": "scratch-repl", "extra_specs": {
+        "replication_enabled": "<is> True", "zol:compression": "lz4",
+        "provisioning:type": "thin"}}
+    ok, upd = drv.retype(None, v, scratch, {}, {"host": drv.host})
+    assert ok and upd["replication_status"] == "enabled"
+    assert rep.props.get("compression") == "lz4" and "sync" not in rep.props
+    assert not rep.refreservation
+    assert_wrapper_accepts(tmp_path, b.calls, ("zol/cinder-replica",))
