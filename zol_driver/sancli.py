@@ -253,15 +253,18 @@ def backend_options(config_file: str, section: str) -> dict:
         cfg.StrOpt("target_prefix", default="iqn.2010-10.org.openstack:"),
         cfg.StrOpt("volume_driver", default=""),
     ]
+    from oslo_config import types
+
+    repl_opt = cfg.MultiOpt("replication_device", item_type=types.Dict())
     conf = cfg.ConfigOpts()
     for group in (section, "backend_defaults"):
-        conf.register_opts(cinder_opts + list(opts.zol_opts), group=group)
+        conf.register_opts(cinder_opts + list(opts.zol_opts) + [repl_opt], group=group)
     conf([], project="cinder", default_config_files=[config_file], use_env=False)
     if section not in conf.list_all_sections():
         raise SanCliError(f"{config_file} has no [{section}] section (the backend name listed "
                           "in enabled_backends)")
     values = {}
-    for opt in cinder_opts + list(opts.zol_opts):
+    for opt in cinder_opts + list(opts.zol_opts) + [repl_opt]:
         loc = conf.get_location(opt.dest, section)
         if loc is not None and loc.location == cfg.Locations.opt_default:
             values[opt.dest] = conf["backend_defaults"][opt.dest]
@@ -465,9 +468,37 @@ def run_checks(values: dict, out: Callable[[str], None] = print) -> int:
     return report.failures
 
 
+def replica_values(values: dict) -> tuple[str, dict] | None:
+    """The replication_device of a backend as the options run_checks() reads: (backend_id,
+    values) with the primary's timeouts and host key policy; None without one.  A bad line
+    raises SanCliError naming the key (the driver's own parser)."""
+    from zol_driver import replication
+
+    try:
+        devs = replication.parse_devices(
+            values.get("replication_device"),
+            known_hosts_default=values["zol_ssh_known_hosts_file"],
+            target_prefix_default=values["target_prefix"],
+            primary=(values["san_ip"], values["san_ssh_port"], values["zol_parent_dataset"]))
+    except replication.ReplicationConfigError as exc:
+        raise SanCliError(f"{exc} (fix the backend's replication_device line)") from exc
+    if not devs:
+        return None
+    d = devs[0]
+    return d.backend_id, {**values, "san_ip": d.san_ip, "san_ssh_port": d.san_ssh_port,
+                          "san_login": d.san_login, "san_private_key": d.san_private_key,
+                          "zol_ssh_known_hosts_file": d.known_hosts_file,
+                          "zol_parent_dataset": d.parent, "san_is_local": False,
+                          "replication_device": None}
+
+
 def cmd_check(a: argparse.Namespace) -> int:
     values = backend_options(a.config_file, a.backend)
+    replica = replica_values(values)
     failures = run_checks(values)
+    if replica is not None:
+        print(f"replica {replica[0]} (replication_device):")
+        failures += run_checks(replica[1], out=lambda line: print("  " + line))
     print(f"{failures} problem(s) found" if failures else "all checks passed")
     return 1 if failures else 0
 

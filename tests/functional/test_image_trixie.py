@@ -55,3 +55,23 @@ def test_trixie_bare_qcow2_launches(tmp_path):
     assert set(manifest["files"]) == {"disk"}
     assert_launched_and_logged_in(manifest["verify"], r.stderr, 3072, "virtio-net-pci@0x3")
     assert "BARE firmware boot" in r.stderr
+
+
+def test_trixie_check_repro_is_bit_identical(trixie_build, tmp_path):
+    """`zol-image build --check-repro` on trixie (issue 14's done-when names both releases;
+    the bookworm pair is test_image_repro).  After the session's trixie build the package
+    cache is warm: the first build comes from the tree cache, the second installs afresh."""
+    assert trixie_build["r"].returncode == 0, "the session's trixie build failed"
+    name = "zol-func-trixie-repro"
+    r = zol_image("build", "--release", "trixie", "--check-repro", "--no-upload", "--no-verify",
+                  "--name", name, "--output-dir", str(tmp_path))
+    report_path = tmp_path / name / "repro-check.json"
+    assert report_path.exists(), r.stderr[-6000:]
+    report = json.loads(report_path.read_text())
+    print("trixie --check-repro: %s; seconds %s" % (
+        ", ".join("%s %s" % (role, h["first"][:12]) for role, h in report["files"].items()),
+        report["seconds"]))
+    assert report["identical"], "\n".join(report["differences"])
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert set(report["files"]) == {"kernel", "ramdisk", "root"}
+    assert not (tmp_path / (".repro-" + name)).exists()      # identical: the copy is gone

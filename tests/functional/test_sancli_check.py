@@ -117,3 +117,30 @@ def test_unreachable(tmp_path, capsys, wrapper_sshd):
     rc, out = check(capsys, write_conf(tmp_path / "c.conf", wrapper_sshd,
                                        san_ssh_port=str(free_port())))
     assert rc == 1 and "[FAIL] cannot reach sshd" in out
+
+
+def test_the_replica_is_checked_too(wrapper_sshd, tmp_path, capsys):
+    """A backend with replication_device: the second SAN goes through the same checks (its
+    own key, known_hosts and parent), indented under 'replica <id>'.  Here the 'second SAN'
+    is the same sshd: zol/cinder-thick is allowed there, zol/cinder-replica is not."""
+    dev = (f"backend_id:san-b,san_ip:127.0.0.1,san_ssh_port:{wrapper_sshd.port},"
+           f"san_login:root,san_private_key:{wrapper_sshd.cinder_key},"
+           f"zol_ssh_known_hosts_file:{wrapper_sshd.known_hosts},")
+    rc, out = check(capsys, write_conf(tmp_path / "c.conf", wrapper_sshd,
+                                       replication_device=dev
+                                       + "zol_parent_dataset:zol/cinder-thick"))
+    assert rc == 0, out
+    assert "replica san-b (replication_device):" in out
+    assert "  [ OK ] parent dataset zol/cinder-thick exists" in out
+    assert out.count("[ OK ]") == 8 and "[FAIL]" not in out
+    rc, out = check(capsys, write_conf(tmp_path / "c.conf", wrapper_sshd,
+                                       replication_device=dev
+                                       + "zol_parent_dataset:zol/cinder-replica"))
+    assert rc == 1
+    assert "  [FAIL] the wrapper does not allow zol/cinder-replica" in out
+    conf = write_conf(tmp_path / "c.conf", wrapper_sshd,
+                      replication_device=dev.replace("backend_id:san-b,", "")
+                      + "zol_parent_dataset:zol/cinder-thick")
+    rc = sancli.main(["check", "--config-file", conf, "--backend", "zol1"])
+    got = capsys.readouterr()
+    assert rc != 0 and "replication_device backend_id: missing" in got.out + got.err, got
