@@ -28,6 +28,9 @@ RESUME_ATTEMPTS = 3
 class TransferFailed(exception.CommandFailed):
     message = ("zfs send %(snap)s -> %(dst)s failed%(aborted)s: %(stderr)s")
 
+# receiver errors that a resumed stream meets again (OpenZFS 2.1 wording): give up at once
+NOT_RESUMABLE = ("quota exceeded", "out of space")
+
 
 def send(src_zfs: ZfsClient, snap: str, dst_zfs: ZfsClient, dst_ds: str,
          base: str | None = None, timeout: float = DEFAULT_TIMEOUT, progress=None,
@@ -67,6 +70,10 @@ def send(src_zfs: ZfsClient, snap: str, dst_zfs: ZfsClient, dst_ds: str,
                      f" after {attempt} resume(s)" if attempt else "")
             return total
         if attempt >= resume_attempts or time.monotonic() >= deadline:
+            break
+        if any(m in (last.stderr or "") for m in NOT_RESUMABLE):
+            LOG.info("The receive into %s failed for lack of space: resuming cannot help",
+                     dst_ds)
             break
         token = _token(dst_zfs, dst_ds)
         if token is None:

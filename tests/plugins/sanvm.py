@@ -89,11 +89,12 @@ def sanvm(tmp_path_factory):
 
 # The second SAN (migration between SANs, issue 11; replication, issue 12): same image, its own
 # run dir, ports, keys and host key; a smaller pool disk and memory (it holds copies of a few
-# small test volumes).  Session-scoped but lazy: it boots only when a test asks for it, once.
+# small test volumes).  Module-scoped: only tests/system/test_second_san.py uses it, and an idle
+# TCG guest still costs CPU, so it is stopped when that module ends.
 SANVM_B_ARGS = ("--memory", "1536", "--pool-size", "8G")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def sanvm_b(tmp_path_factory):
     """A second, independent SAN VM (ZOL_SANVM_B_STATE=/run/dir reuses one started by hand)."""
     yield from _san_vm(tmp_path_factory, "ZOL_SANVM_B_STATE", "sanvm_b", SANVM_B_ARGS)
@@ -120,7 +121,7 @@ def san_admin(sanvm) -> SanAdmin:
     return SanAdmin(sanvm)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def san_admin_b(sanvm_b) -> SanAdmin:
     admin = SanAdmin(sanvm_b)
     admin.what = "SAN B"

@@ -34,3 +34,23 @@ def test_extra_backend_added_and_removed(tmp_path: Path, monkeypatch):
     stack.remove_backend(state, "zol-repl")
     assert conf.read_text().strip() == original.strip()
     assert restarts == [["zol-thin", "zol-thick", "zol-repl"]] * 2 + [["zol-thin", "zol-thick"]]
+
+
+def test_two_backends_in_one_restart(tmp_path: Path, monkeypatch):
+    conf = tmp_path / "cinder.conf"
+    conf.write_text(stack.cinder_conf(tmp_path, SAN, "rabbit://x", 1, None, stack.ZOL_DRIVER))
+    original = conf.read_text()
+    state = {"run_dir": str(tmp_path), "conf": str(conf)}
+    restarts = []
+    monkeypatch.setattr(stack, "restart_volume", lambda st, timeout=300: restarts.append(
+        list(stack.backends(st))) or st)
+    b = dict(SAN, ssh_port=2223)
+    stack.add_backends(state, {
+        name: stack.backend_lines(name, stack.ZOL_DRIVER, b, "/kh-b", parent, True)
+        for name, parent in (("zol-b", "zol/cinder"), ("zol-repl", "zol/cinder-thick"))})
+    text = conf.read_text()
+    assert _backend(text, "DEFAULT")["enabled_backends"] == "zol-thin,zol-thick,zol-b,zol-repl"
+    assert _backend(text, "zol-repl")["zol_parent_dataset"] == "zol/cinder-thick"
+    stack.remove_backends(state, ["zol-b", "zol-repl"])
+    assert conf.read_text().strip() == original.strip()
+    assert restarts == [["zol-thin", "zol-thick", "zol-b", "zol-repl"], ["zol-thin", "zol-thick"]]

@@ -4,7 +4,7 @@ where after success and after every kind of failure, and when Cinder must copy i
 
 The stream itself is a stand-in here (FakeStream: what a completed receive leaves); the bytes
 through the real wrapper and sshd are tests/unit/test_transfer.py and
-tests/functional/test_wrapper_sshd.py, the real OpenZFS SANs tests/system/test_migration.py.
+tests/functional/test_wrapper_sshd.py, the real OpenZFS SANs tests/system/test_second_san.py.
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@ a killed sender, aborted when it cannot be resumed.
 
 Real wrapper processes in local mode (LocalExecutor, as san_is_local runs it) in front of two
 fake SANs whose zfs moves bytes like a resumable receive (tests/helpers/fakestream.py); the
-real OpenZFS side is tests/system/test_migration.py.
+real OpenZFS side is tests/system/test_second_san.py.
 """
 from __future__ import annotations
 
@@ -123,3 +123,25 @@ def test_wrapper_denial_is_not_retried(sans):
         transfer.send(src, src.ds(V) + "@m", bad, bad.ds(V))
     assert "outside the configured parents" in str(ei.value)
     assert b.executed() == []
+
+
+def test_space_errors_are_not_resumed(sans, monkeypatch):
+    """A receive that ran out of quota/space meets the same wall when resumed (seen on
+    OpenZFS 2.1: three resumes, each 'cannot receive resume stream: ... space quota
+    exceeded'): abort after the first attempt."""
+    a, b = sans
+    src, dst = client(a, "zol/cinder"), client(b, "tank/cinder-b")
+    snap = src.ds(V) + "@zol-migrate-1"
+    calls = []
+
+    def pipe(*args, **kw):
+        calls.append(args)
+        raise exception.CommandFailed(
+            command="zfs send | zfs receive", exit_code=1, moved=1 << 20, stdout="",
+            stderr="cannot receive new filesystem stream: destination %s space quota "
+                   "exceeded." % dst.ds(V))
+    monkeypatch.setattr(transfer, "pipe", pipe)
+    monkeypatch.setattr(transfer, "_token", lambda *a: "1-token")   # resumable, yet pointless
+    with pytest.raises(transfer.TransferFailed) as ei:
+        transfer.send(src, snap, dst, dst.ds(V))
+    assert len(calls) == 1 and "quota exceeded" in str(ei.value)
