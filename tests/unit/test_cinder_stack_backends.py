@@ -11,14 +11,19 @@ from tests.unit.test_cinder_stack_conf import SAN, _backend
 stack = load_stack_module()
 
 
-def test_extra_backend_added_and_removed(tmp_path: Path, monkeypatch):
+def fresh_stack(tmp_path: Path, monkeypatch):
+    """A stack's cinder.conf and state; restarts recorded (backends at each), not done."""
     conf = tmp_path / "cinder.conf"
     conf.write_text(stack.cinder_conf(tmp_path, SAN, "rabbit://x", 1, None, stack.ZOL_DRIVER))
-    original = conf.read_text()
     state = {"run_dir": str(tmp_path), "conf": str(conf)}
-    restarts = []
+    restarts: list[list[str]] = []
     monkeypatch.setattr(stack, "restart_volume", lambda st, timeout=300: restarts.append(
         list(stack.backends(st))) or st)
+    return conf, conf.read_text(), state, restarts
+
+
+def test_extra_backend_added_and_removed(tmp_path: Path, monkeypatch):
+    conf, original, state, restarts = fresh_stack(tmp_path, monkeypatch)
     lines = stack.backend_lines("zol-repl", stack.ZOL_DRIVER, dict(SAN, ssh_port=2223),
                                 "/kh-b", "zol/cinder-thick", True)
     lines.append("replication_device = backend_id:san-a,san_ip:127.0.0.1")
@@ -37,13 +42,7 @@ def test_extra_backend_added_and_removed(tmp_path: Path, monkeypatch):
 
 
 def test_two_backends_in_one_restart(tmp_path: Path, monkeypatch):
-    conf = tmp_path / "cinder.conf"
-    conf.write_text(stack.cinder_conf(tmp_path, SAN, "rabbit://x", 1, None, stack.ZOL_DRIVER))
-    original = conf.read_text()
-    state = {"run_dir": str(tmp_path), "conf": str(conf)}
-    restarts = []
-    monkeypatch.setattr(stack, "restart_volume", lambda st, timeout=300: restarts.append(
-        list(stack.backends(st))) or st)
+    conf, original, state, restarts = fresh_stack(tmp_path, monkeypatch)
     b = dict(SAN, ssh_port=2223)
     stack.add_backends(state, {
         name: stack.backend_lines(name, stack.ZOL_DRIVER, b, "/kh-b", parent, True)
