@@ -502,3 +502,19 @@ def test_the_replica_carries_the_type_policy_at_create_and_after_retype(rdrv, sa
     assert rep.props.get("compression") == "lz4" and "sync" not in rep.props
     assert not rep.refreservation
     assert_wrapper_accepts(tmp_path, b.calls, ("zol/cinder-replica",))
+
+
+def test_failover_puts_volumes_without_a_replica_in_error(rdrv, sans):
+    """Cinder hands failover_host every volume of the backend: a volume of a type without
+    replication has no copy on the replica and goes to error (as Cinder expects), the
+    replicated one is served from the replica."""
+    a, b = sans
+    drv = rdrv()
+    rv, plain = vol(40), vol(41, volume_type=PLAIN_TYPE)
+    drv.create_volume(rv)
+    drv.create_volume(plain)
+    target, ups, _ = drv.failover_host(None, [rv, plain], None, [])
+    by_id = {u["volume_id"]: u["updates"] for u in ups}
+    assert target == "san-b"
+    assert by_id[rv["id"]]["replication_status"] == "failed-over"
+    assert by_id[plain["id"]] == {"status": "error", "replication_status": "failover-error"}
